@@ -1,0 +1,1 @@
+"""ASGI guard installed into vLLM's own app through `--middleware` (see app.py)."""
