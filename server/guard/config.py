@@ -26,6 +26,9 @@ class GuardSettings(BaseModel):
         default_factory=list, description="Hosts whose http(s) media URLs may be fetched; empty = data URLs only."
     )
     media_fetch_timeout_s: float = Field(10.0, description="Bound on fetching one allowed remote media URL.")
+    limit_mm_per_prompt: dict[str, int] = Field(
+        default_factory=dict, description="Most media of each kind per request (filled from the server settings)."
+    )
 
     def to_env(self) -> dict[str, str]:
         return {GUARD_CONFIG_ENV: self.model_dump_json()}
