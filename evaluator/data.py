@@ -1,0 +1,191 @@
+"""Dataset rows -> `Sample`s, streamed, from the Hugging Face Hub or a local hub snapshot.
+
+A local snapshot is a folder holding the parquet files as the hub stores them:
+`<root>/<hub_id or Name>/data/<split>-*.parquet` for single-config datasets and
+`<root>/<hub_id or Name>/<config>/<split>-*.parquet` for datasets with domains. Both the local
+and the hub path yield the same row dicts and go through `row_to_sample`.
+
+Media are read without torchcodec: images keep their stored bytes, audio is decoded to
+(array, rate) with soundfile (librosa as the fallback for formats soundfile lacks), video keeps
+its container bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from evaluator.registry import TaskSpec
+from evaluator.schema import AudioMedia, ImageMedia, Media, Sample, Split, VideoMedia
+
+BATCH_ROWS = 16  # rows per parquet read: media rows are large, keep memory flat
+
+
+class DataError(Exception):
+    """The dataset cannot be read; the message says which file or row and why."""
+
+
+class DataSource(BaseModel):
+    data_dir: Path | None = None  # local hub snapshot root; None = the Hugging Face Hub
+    token: str | None = None  # for gated datasets on the hub
+    cache_dir: Path | None = None
+    revision: str | None = None
+
+    def describe(self) -> str:
+        return str(self.data_dir) if self.data_dir else "hf-hub" + (f"@{self.revision}" if self.revision else "")
+
+
+# --- media ------------------------------------------------------------------------------------
+def _media_bytes(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        data = value.get("bytes")
+        if data is None and value.get("path"):
+            data = Path(value["path"]).read_bytes()
+        return data
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    raise TypeError(f"unsupported media value of type {type(value).__name__}")
+
+
+def decode_audio(value: Any) -> AudioMedia | None:
+    if value is None:
+        return None
+    if isinstance(value, dict) and value.get("array") is not None:  # datasets' decoded Audio()
+        return AudioMedia(np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"]))
+    data = _media_bytes(value)
+    if data is None:
+        return None
+    import soundfile
+
+    try:
+        array, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    except (soundfile.LibsndfileError, RuntimeError):
+        import librosa  # MP3 and friends
+
+        array, rate = librosa.load(io.BytesIO(data), sr=None, mono=False)
+        array = array.T if array.ndim == 2 else array
+    return AudioMedia(np.asarray(array, dtype=np.float32), int(rate))
+
+
+def decode_media(kind: str, value: Any) -> Media | None:
+    if kind == "audio":
+        return decode_audio(value)
+    data = _media_bytes(value)
+    if data is None:
+        return None
+    return ImageMedia(data) if kind == "image" else VideoMedia(data)
+
+
+def media_kind(spec: TaskSpec, field: str) -> str:
+    return spec.modality if field in spec.media_fields else "text"
+
+
+# --- rows -> samples --------------------------------------------------------------------------
+def row_to_sample(spec: TaskSpec, row: dict[str, Any], *, split: Split, domain: str | None, index: int) -> Sample:
+    key_hint = f"{spec.name}/{domain or '-'}/{split} row {index}"
+    try:
+        inputs = dict(row["inputs"])
+        meta = dict(row.get("meta") or {})
+        sample_id = int(meta["id"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{key_hint}: not in MERA's format (instruction/inputs/outputs/meta.id): {exc}") from None
+    media: dict[str, Media] = {}
+    for field in spec.media_fields:
+        value = inputs.pop(field, None)
+        try:
+            item = decode_media(spec.modality, value)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure names the sample
+            raise DataError(f"{key_hint} (id {sample_id}): cannot decode {field}: {exc}") from None
+        if item is not None:
+            media[field] = item
+    outputs = row.get("outputs")
+    if outputs is None:
+        outputs = ""
+    elif not isinstance(outputs, str):
+        outputs = [str(o) for o in outputs]
+    return Sample(
+        task=spec.name, domain=domain, split=split, index=index, id=sample_id,
+        instruction=row["instruction"], inputs=inputs, media=media, outputs=outputs, meta=meta,
+    )  # fmt: skip
+
+
+# --- local snapshots --------------------------------------------------------------------------
+def dataset_root(spec: TaskSpec, data_dir: Path) -> Path:
+    for candidate in (data_dir / spec.hub_id, data_dir / spec.name, data_dir / spec.submission_name):
+        if candidate.is_dir():
+            return candidate
+    raise DataError(f"{spec.name}: no folder {data_dir / spec.hub_id} (or {data_dir / spec.name}) in the local snapshot")
+
+
+def parquet_files(spec: TaskSpec, split: Split, data_dir: Path, domain: str | None) -> list[Path]:
+    root = dataset_root(spec, data_dir)
+    folder = root / domain if domain else root / "data"
+    if not folder.is_dir() and not domain:
+        folder = root
+    files = sorted(folder.glob(f"{split}-*.parquet")) or sorted(folder.glob(f"{split}.parquet"))
+    if not files:
+        raise DataError(f"{spec.name}: no {split} parquet files in {folder}")
+    return files
+
+
+def _iter_local_rows(files: list[Path]) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    for path in files:
+        with pq.ParquetFile(path) as pf:
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+                yield from batch.to_pylist()
+
+
+def _iter_hub_rows(spec: TaskSpec, split: Split, source: DataSource, domain: str | None) -> Iterator[dict[str, Any]]:
+    import datasets
+
+    ds = datasets.load_dataset(
+        spec.hub_id, domain, split=split, streaming=True, token=source.token,
+        cache_dir=str(source.cache_dir) if source.cache_dir else None, revision=source.revision,
+    )  # fmt: skip
+    # Keep the stored bytes: no decoding through torchcodec or PIL.
+    features = ds.features or {}
+    inputs = features.get("inputs")
+    if isinstance(inputs, dict):
+        for field in spec.media_fields:
+            feature = inputs.get(field)
+            if feature is not None and hasattr(feature, "decode"):
+                ds = ds.cast_column(f"inputs.{field}", type(feature)(decode=False))
+    yield from ds
+
+
+def iter_samples(
+    spec: TaskSpec, split: Split, source: DataSource, *, domains: list[str] | None = None, limit: int | None = None
+) -> Iterator[Sample]:
+    """Samples of one task and split, domain by domain, streamed. `limit` applies per domain."""
+    for domain in (domains or list(spec.domains)) or [None]:
+        if source.data_dir is not None:
+            rows = _iter_local_rows(parquet_files(spec, split, source.data_dir, domain))
+        else:
+            rows = _iter_hub_rows(spec, split, source, domain)
+        for index, row in enumerate(rows):
+            if limit is not None and index >= limit:
+                break
+            yield row_to_sample(spec, row, split=split, domain=domain, index=index)
+
+
+def count_samples(spec: TaskSpec, split: Split, source: DataSource, *, domains: list[str] | None = None,
+                  limit: int | None = None) -> int | None:
+    """Row count from parquet metadata (no data read); None when unknown (hub streaming)."""
+    if source.data_dir is None:
+        return None
+    import pyarrow.parquet as pq
+
+    total = 0
+    for domain in (domains or list(spec.domains)) or [None]:
+        n = sum(pq.ParquetFile(p).metadata.num_rows for p in parquet_files(spec, split, source.data_dir, domain))
+        total += min(n, limit) if limit is not None else n
+    return total

@@ -1,0 +1,119 @@
+"""A `Sample` -> the chat request MERA's harness sends for it.
+
+As the lm-eval fork does under `--apply_chat_template --pass_multimodal_args_to_chat_history`
+(`sort_multimedia_content_in_chat`): the text is `instruction.format(**inputs)`; it is split on the
+literal media placeholders `<image>`, `<audio>`, `<video>`; the media parts go, in order, where the
+placeholders were; the placeholders are removed and empty text pieces dropped; one user message, no
+system prompt unless asked. A placeholder/media count mismatch is an error for that sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from evaluator import media as media_codec
+from evaluator.registry import TaskSpec, get_task
+from evaluator.schema import ChatRequest, GenerationParams, Sample
+
+PLACEHOLDER = re.compile(r"<(image|audio|video)>")
+
+
+class SampleError(Exception):
+    """A sample that cannot become a request; the message names the sample and the problem."""
+
+    def __init__(self, sample_key: str, problem: str) -> None:
+        super().__init__(f"{sample_key}: {problem}")
+        self.sample_key = sample_key
+        self.problem = problem
+
+
+class RequestOptions(BaseModel):
+    """How samples become requests. Everything off by default is how the leaderboard run sent them."""
+
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    audio_part: Literal["audio_url", "input_audio"] = "audio_url"
+    image_max_side: int | None = Field(None, gt=0)
+    video_frames: int | None = Field(None, gt=0)
+    system_prompt: str | None = None
+
+
+# --- prompt hooks (named in the registry) ------------------------------------------------------
+def _aquaria(text: str) -> str:
+    # multimodal_tasks/aquaria/utils.py: numbered clips become plain <audio>, clips stay in order.
+    for i in (1, 2):
+        text = text.replace(f"<audio_{i}>", "<audio>")
+    return text
+
+
+PROMPT_HOOKS = {"aquaria": _aquaria}
+
+
+def question_text(sample: Sample, spec: TaskSpec | None = None) -> str:
+    """`instruction.format(**inputs)` plus the task's hook: the prompt text (also what the judge sees)."""
+    spec = spec or get_task(sample.task)
+    fields = dict(sample.inputs)
+    for name in sample.media:  # media keys are formatted too; MERA's media dicts never hit a {field}
+        fields.setdefault(name, "")
+    try:
+        text = sample.instruction.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SampleError(sample.key, f"instruction.format failed: {exc!r}") from None
+    if spec.prompt_hook:
+        text = PROMPT_HOOKS[spec.prompt_hook](text)
+    return text
+
+
+def ordered_media(sample: Sample, spec: TaskSpec):
+    """Media in placeholder order: the registry's field order (audio_1 before audio_2)."""
+    return [sample.media[f] for f in spec.media_fields if f in sample.media]
+
+
+def user_content(sample: Sample, options: RequestOptions, text: str | None = None) -> list[dict[str, Any]]:
+    """Content parts for one user turn: text pieces and media parts interleaved at the placeholders."""
+    spec = get_task(sample.task)
+    text = question_text(sample, spec) if text is None else text
+    media = ordered_media(sample, spec)
+    pieces = PLACEHOLDER.split(text)  # [text, kind, text, kind, ..., text]
+    kinds = pieces[1::2]
+    if len(kinds) != len(media):
+        raise SampleError(
+            sample.key, f"{len(kinds)} media placeholder(s) {kinds} in the prompt but {len(media)} media item(s)"
+        )
+    parts: list[dict[str, Any]] = []
+    for i, piece in enumerate(pieces[0::2]):
+        if piece:
+            parts.append({"type": "text", "text": piece})
+        if i < len(kinds):
+            item = media[i]
+            if item.kind != kinds[i]:
+                raise SampleError(sample.key, f"placeholder <{kinds[i]}> #{i + 1} but the media item is {item.kind}")
+            try:
+                parts.extend(media_codec.encode_media(
+                    item, audio_kind=options.audio_part, image_max_side=options.image_max_side,
+                    video_frames=options.video_frames,
+                ))  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - bad media names the sample
+                raise SampleError(sample.key, f"cannot encode {item.kind} #{i + 1}: {exc}") from None
+    return parts
+
+
+def request_digest(messages: list[dict[str, Any]], params: GenerationParams) -> str:
+    """What was sent, as a hash: messages with media as their sha256, plus the generation settings."""
+    body = {"messages": media_codec.strip_media(messages), "params": params.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def build_request(sample: Sample, options: RequestOptions) -> ChatRequest:
+    """CPU-bound (base64 of media): call it from a worker thread, not the event loop."""
+    spec = get_task(sample.task)
+    messages: list[dict[str, Any]] = []
+    if options.system_prompt:
+        messages.append({"role": "system", "content": options.system_prompt})
+    messages.append({"role": "user", "content": user_content(sample, options)})
+    return ChatRequest(sample_key=sample.key, modality=spec.modality, messages=messages, params=options.params,
+                       digest=request_digest(messages, options.params))

@@ -1,0 +1,178 @@
+"""A small synthetic MERA Multi snapshot for every registered task, in the hub's on-disk format.
+
+Parquet files laid out as the hub stores them (`<root>/MERA-evaluation/<Name>/data/<split>-00000-of-00001.parquet`,
+domain datasets under `<config>/`), rows shaped like the real ones: `instruction` drawn from the
+real hub templates, `inputs` with the template's fields and real media (PNG/JPEG images made with
+Pillow, WAV/FLAC tones, MP4 made with PyAV) stored as `{"bytes", "path"}` structs as `datasets`
+does, `outputs` (empty in private test splits, as on the hub), and `meta` with `id`.
+ruTiE gets two dialogues of consecutive turns, ids as the official code expects.
+Deterministic for a given seed; about a megabyte in all.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+
+from evaluator.registry import TaskSpec, resolve_tasks
+
+# The hub test split's real instruction templates (MERA_MULTIMODAL @0f32158 upload notebooks).
+TEMPLATES_DIR = Path(__file__).resolve().parent / "assets" / "prompt_templates"
+RUTIE_DIALOG_LEN = 500  # official: question_id = (id - min_id) % 500, dialog_id = (id - min_id) // 500
+LETTERS = "ABCDEFGHIJ"
+
+
+def _templates(spec: TaskSpec) -> list[str]:
+    return json.loads((TEMPLATES_DIR / f"{spec.name}.json").read_text(encoding="utf-8"))["templates"]
+
+
+# --- media --------------------------------------------------------------------------------------
+def _image(rng: random.Random, fmt: str) -> bytes:
+    from PIL import Image, ImageDraw
+
+    w, h = rng.choice([(96, 64), (64, 96), (80, 80)])
+    img = Image.new("RGB", (w, h), tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(3):
+        x, y = rng.randrange(w - 16), rng.randrange(h - 16)
+        draw.ellipse((x, y, x + 16, y + 16), fill=tuple(rng.randrange(256) for _ in range(3)))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _audio(rng: random.Random, fmt: str) -> bytes:
+    import soundfile
+
+    rate = 16000
+    t = np.arange(int(rate * rng.uniform(1.0, 2.5))) / rate
+    wave = 0.3 * np.sin(2 * np.pi * rng.choice([220, 330, 440, 660]) * t)
+    buf = io.BytesIO()
+    soundfile.write(buf, wave.astype(np.float32), rate, format=fmt)
+    return buf.getvalue()
+
+
+def _video(rng: random.Random) -> bytes:
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=4)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        base = rng.randrange(200)
+        for i in range(8):
+            frame = np.full((64, 64, 3), (base + 7 * i) % 256, np.uint8)
+            frame[8 * (i % 8): 8 * (i % 8) + 8, :, 0] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def _media(spec: TaskSpec, rng: random.Random, name: str) -> dict:
+    if spec.modality == "image":
+        fmt = rng.choice(["PNG", "JPEG"])
+        return {"bytes": _image(rng, fmt), "path": f"{name}.{fmt.lower()}"}
+    if spec.modality == "audio":
+        fmt = rng.choice(["WAV", "FLAC"])
+        return {"bytes": _audio(rng, fmt), "path": f"{name}.{fmt.lower()}"}
+    return {"bytes": _video(rng), "path": f"{name}.mp4"}
+
+
+# --- rows ---------------------------------------------------------------------------------------
+TEXT_VALUES = {
+    "question": ["Что изображено на картинке?", "Сколько объектов на изображении?", "Какого цвета фигура?"],
+    "context": ["", "Рассмотрите рисунок и прочитайте условие."],
+    "annotation": ["В ответе напишите только число.", "Запишите ответ в формате “x:y”, x, y- целые числа."],
+}
+SLUN_ANNOTATION = ("Список доступных намерений с соответствующими слотами в формате намерение: [список слотов].\n"
+                   "weather/find: [place_name, date]\nPlayMusic: [artist, genre]")
+
+
+def _gold(spec: TaskSpec, rng: random.Random, n_options: int) -> str | list[str]:
+    if spec.name == "ruCommonVQA":
+        return [rng.choice(["Да", "Нет", "2"])]
+    if spec.name == "ruSLUn":
+        return rng.choice(["{'intent': 'weather/find', 'slots': [{'place_name': 'москве'}]}",
+                           "{'intent': 'PlayMusic', 'slots': [{'artist': 'земфира'}, {'genre': 'рок'}]}"])
+    if n_options:
+        return LETTERS[rng.randrange(n_options)]
+    return rng.choice(["2", "нет", "красный", "192"])
+
+
+def _row(spec: TaskSpec, rng: random.Random, *, split: str, sample_id: int, templates: list[str],
+         meta_extra: dict) -> dict:
+    template = rng.choice(templates)
+    fields = sorted({f for t in templates for f in re.findall(r"\{(\w+)\}", t)})
+    inputs: dict = {}
+    n_options = 0
+    for field in fields:
+        if field.startswith("option_"):
+            inputs[field] = f"вариант {field[-1].upper()}"
+            n_options += 1
+        elif spec.name == "ruSLUn" and field == "annotation":
+            inputs[field] = SLUN_ANNOTATION
+        elif spec.name == "ruSLUn" and field == "question":
+            inputs[field] = "Внимательно послушай аудио с запросом"
+        else:
+            inputs[field] = rng.choice(TEXT_VALUES.get(field, ["текст"]))
+    for field in spec.media_fields:
+        # A media item is present only where the template has its placeholder (ruTiE text-only turns,
+        # AQUARIA's optional second clip), as in the hub data.
+        present = f"<{field}>" in template
+        inputs[field] = _media(spec, rng, f"{spec.name}-{sample_id}-{field}") if present else None
+    hidden = split == "test" and spec.test_gold_hidden
+    outputs = _gold(spec, rng, n_options)
+    if hidden:
+        outputs = [] if isinstance(outputs, list) else ""
+    meta = {"id": sample_id, "categories": {"synthetic": "mera-multi sample data"}, **meta_extra}
+    return {"instruction": template, "inputs": inputs, "outputs": outputs, "meta": meta}
+
+
+def _rows(spec: TaskSpec, rng: random.Random, split: str, per_split: int, id_base: int) -> list[dict]:
+    templates = _templates(spec)
+    rows = []
+    if spec.dialogue:
+        turns = max(3, per_split)
+        for dialog in range(2):
+            for q in range(turns):
+                rows.append(_row(spec, rng, split=split, sample_id=id_base + dialog * RUTIE_DIALOG_LEN + q,
+                                 templates=templates, meta_extra={}))
+        return rows
+    for i in range(per_split):
+        extra = {"group_id": i // 2} if spec.group_field else {}
+        rows.append(_row(spec, rng, split=split, sample_id=id_base + i, templates=templates, meta_extra=extra))
+    return rows
+
+
+def _write_parquet(rows: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def write_sample_data(out_dir: Path, *, per_split: int = 4, seed: int = 0, tasks: list[str] | None = None) -> Path:
+    """Write the snapshot under `out_dir` (usable as `mera-eval run --data-dir out_dir`)."""
+    out_dir = Path(out_dir)
+    for spec in resolve_tasks(tasks):
+        rng = random.Random(f"{seed}/{spec.name}")
+        root = out_dir / spec.hub_id
+        for split, id_base in (("shots", 0), ("test", 11)):
+            for domain in spec.domains or (None,):
+                rows = _rows(spec, rng, split, per_split, id_base)
+                folder = root / domain if domain else root / "data"
+                _write_parquet(rows, folder / f"{split}-00000-of-00001.parquet")
+    (out_dir / "README.md").write_text(
+        "Synthetic MERA Multi sample data written by `mera-eval sample-data` (hub parquet layout).\n", encoding="utf-8"
+    )
+    return out_dir
+
