@@ -1,0 +1,171 @@
+"""ruTiE-Image and ruTiE-Audio: dialogues whose prompts carry earlier turns and the model's own answers.
+
+As the official code does it (MERA_MULTIMODAL @0f32158 `multimodal_tasks/rutie_*/utils.py`,
+`custom_context_formers.py`, run with `--fewshot_as_multiturn --pass_multimodal_args_to_chat_history`):
+
+- ids: `question_id = (meta.id - min_id) % 500`, `dialog_id = (meta.id - min_id) // 500`; turns are
+  ordered by (dialog_id, question_id);
+- turn k's request replays the previous `history` turns of its dialogue (the official `num_fewshot`)
+  as user/assistant pairs, each user turn with its media, then the current turn;
+- history user text is the earlier turn's *raw* instruction (placeholders like `{question}` left
+  unformatted: the official `get_chat_context` uses `document["instruction"]`); `history_format=
+  "formatted"` fills them in instead (our documented correction, off by default);
+- the current turn's text is `doc_to_text`: the instruction with only `{question}` and
+  `{option_a..d}` filled in, then stripped;
+- assistant turns are the model's own earlier answers reduced to a letter by the official regex
+  `\\b([A-D])\\b` (first match) with fallback `-1`;
+- submission id: `question_id + 500 * dialog_id + 11` (`scripts/log_to_submission.py`).
+
+Turns of one dialogue run strictly in order; dialogues run in parallel with each other and with the
+rest of the run. A resumed run takes earlier answers from the store and continues at the first
+missing turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from evaluator.registry import TaskSpec
+from evaluator.requests import RequestOptions, SampleError, request_digest, user_content
+from evaluator.schema import ChatRequest, Reply, Sample
+
+if TYPE_CHECKING:
+    from evaluator.runner import DispatchContext
+
+DIALOG_LEN = 500  # RUTIE_END_QUESTION_ID + 1
+SUBMISSION_ID_OFFSET = 11
+FALLBACK = "-1"
+LETTER = re.compile(r"\b([A-D])\b")
+CURRENT_FIELDS = ("question", "option_a", "option_b", "option_c", "option_d")
+CONTEXT_ERRORS = ("maximum context length", "max_model_len", "too long", "exceeds")
+
+HistoryFormat = Literal["official", "formatted"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    sample: Sample
+    question_id: int
+    dialog_id: int
+
+    @property
+    def submission_id(self) -> int:
+        return self.question_id + DIALOG_LEN * self.dialog_id + SUBMISSION_ID_OFFSET
+
+
+def order_turns(samples: list[Sample]) -> list[list[Turn]]:
+    """Dialogues (each a list of turns in order), by the official id arithmetic."""
+    if not samples:
+        return []
+    min_id = min(s.id for s in samples)
+    dialogues: dict[int, list[Turn]] = {}
+    for s in samples:
+        q, d = (s.id - min_id) % DIALOG_LEN, (s.id - min_id) // DIALOG_LEN
+        dialogues.setdefault(d, []).append(Turn(s, q, d))
+    return [sorted(turns, key=lambda t: t.question_id) for _, turns in sorted(dialogues.items())]
+
+
+def answer_letter(reply_text: str | None) -> str:
+    """The official `_update_storage`: strip, first `\\b([A-D])\\b` match, else "-1"."""
+    if not reply_text:
+        return FALLBACK
+    match = LETTER.search(reply_text.strip())
+    return match.group(1) if match else FALLBACK
+
+
+def current_text(sample: Sample) -> str:
+    """The official Jinja `doc_to_text`: only question/options are filled in; other braces stay literal."""
+    text = sample.instruction.replace("{", "{{").replace("}", "}}")
+    for name in CURRENT_FIELDS:
+        text = text.replace("{{" + name + "}}", "{" + name + "}")
+    try:
+        return text.format(**sample.inputs).strip()
+    except (KeyError, IndexError) as exc:
+        raise SampleError(sample.key, f"instruction needs input {exc} which the sample lacks") from None
+
+
+def history_text(sample: Sample, history_format: HistoryFormat) -> str:
+    return sample.instruction if history_format == "official" else current_text(sample)
+
+
+def build_turn_messages(turn: Turn, history: list[tuple[Turn, str]], options: RequestOptions,
+                        history_format: HistoryFormat = "official") -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if options.system_prompt:
+        messages.append({"role": "system", "content": options.system_prompt})
+    for past, letter in history:
+        messages.append({"role": "user", "content": user_content(past.sample, options, history_text(past.sample, history_format))})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": letter}]})
+    messages.append({"role": "user", "content": user_content(turn.sample, options, current_text(turn.sample))})
+    return messages
+
+
+def media_counts(messages: list[dict[str, Any]]) -> dict[str, int]:
+    kinds = {"image_url": "image", "audio_url": "audio", "input_audio": "audio", "video_url": "video"}
+    counts: dict[str, int] = {}
+    for message in messages:
+        if isinstance(message["content"], list):
+            for part in message["content"]:
+                kind = kinds.get(part.get("type"))
+                if kind:
+                    counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def over_limit(counts: dict[str, int], limits: dict[str, int]) -> str | None:
+    for kind, n in counts.items():
+        if kind in limits and n > limits[kind]:
+            return f"{n} {kind} items but the server admits {limits[kind]} per request"
+    return None
+
+
+async def run_dialogue(spec: TaskSpec, turns: list[Turn], ctx: DispatchContext) -> None:
+    history_len = ctx.config.rutie_history
+    fmt: HistoryFormat = ctx.config.rutie_history_format
+    answers: dict[int, str] = {}  # question_id -> the model's letter
+    done = ctx.store.done_keys(include_errors=not ctx.config.retry_errors)
+    for turn in turns:
+        sample = turn.sample
+        if sample.key in done:
+            stored = ctx.store.get(sample.key)
+            answers[turn.question_id] = answer_letter(stored.content if stored and stored.status == "ok" else None)
+            ctx.progress[spec.name].skipped += 1
+            continue
+        history = [(p, answers.get(p.question_id, FALLBACK)) for p in turns
+                   if turn.question_id - history_len <= p.question_id < turn.question_id]
+        reply = await _send_turn(spec, turn, history, ctx, fmt)
+        answers[turn.question_id] = answer_letter(reply.content if reply.status == "ok" else None)
+
+
+async def _send_turn(spec: TaskSpec, turn: Turn, history: list[tuple[Turn, str]], ctx: DispatchContext,
+                     fmt: HistoryFormat) -> Reply:
+    sample = turn.sample.model_copy(update={"meta": {**turn.sample.meta, "question_id": turn.question_id,
+                                                     "dialog_id": turn.dialog_id, "submission_id": turn.submission_id}})
+    where = f"{spec.name} dialogue {turn.dialog_id} turn {turn.question_id}"
+    fix = "run with a shorter --rutie-history"
+    try:
+        messages = await asyncio.to_thread(build_turn_messages, turn, history, ctx.options, fmt)
+    except SampleError as exc:
+        return ctx.record_error(sample, f"{where}: {exc.problem}")
+    problem = over_limit(media_counts(messages), ctx.config.mm_limits)
+    if problem:
+        return ctx.record_error(sample, f"{where} with {len(history)} earlier turns: {problem}; {fix} "
+                                        "or raise the server's --limit-mm-per-prompt")
+    request = ChatRequest(sample_key=sample.key, modality=spec.modality, messages=messages,
+                          params=ctx.options.params, digest=request_digest(messages, ctx.options.params))
+    reply = await ctx.dispatch(sample, request)
+    if reply.status == "invalid_request" and reply.error and any(s in reply.error for s in CONTEXT_ERRORS):
+        reply = reply.model_copy(update={"error": f"{where} with {len(history)} earlier turns does not fit the "
+                                                  f"server's context ({fix}): {reply.error}"})
+        ctx.store.record(reply)
+    return reply
+
+
+async def run_task(spec: TaskSpec, samples: list[Sample], ctx: DispatchContext) -> None:
+    """All dialogues of one ruTiE task, in parallel with each other."""
+    await asyncio.gather(*(run_dialogue(spec, turns, ctx) for turns in order_turns(samples)))
+    if ctx.on_progress:
+        ctx.on_progress(spec.name, ctx.progress[spec.name])
