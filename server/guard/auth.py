@@ -1,0 +1,40 @@
+"""API-key check for every route but the health probe.
+
+vLLM's own `--api-key` check guards only /v1, /v2, /inference and /cohere; everything else
+(/invocations runs inference, /tokenize, /metrics, /docs, scaling routes) is open. The guard
+closes all of them. With no key configured, auth is off (a local dev server).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from server.guard.config import GuardSettings
+
+ALWAYS_OPEN = frozenset({"/health"})  # liveness probes of load balancers carry no key
+
+
+class ApiKeyCheck:
+    def __init__(self, api_key: str | None, settings: GuardSettings) -> None:
+        # Compare digests so the comparison time does not depend on the key's length either.
+        self._key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
+        self._open = set(ALWAYS_OPEN) | ({"/metrics"} if settings.open_metrics else set())
+
+    @property
+    def enabled(self) -> bool:
+        return self._key_digest is not None
+
+    def is_open(self, path: str, method: str) -> bool:
+        # CORS preflights carry no credentials by design; vLLM's CORS middleware answers them.
+        return method == "OPTIONS" or path in self._open or path.rstrip("/") in self._open
+
+    def authorized(self, authorization: str | None) -> bool:
+        """`Authorization: Bearer <key>`, the only form vLLM's own check (on /v1) accepts too."""
+        if self._key_digest is None:
+            return True
+        scheme, _, presented = (authorization or "").partition(" ")
+        presented = presented.strip()
+        if scheme.lower() != "bearer" or not presented:
+            return False
+        return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), self._key_digest)
