@@ -1,0 +1,125 @@
+"""A small OpenAI-ish HTTP server on loopback that misbehaves on purpose (fault injection only).
+
+It speaks just enough HTTP/1.1 for httpx: `/health`, `/v1/models`, `/v1/chat/completions`. Each
+chat request takes the next behaviour from a script (then `default`):
+  "ok" (echo a completion), "429" (with Retry-After), "503", "500", "400" (with an OpenAI error
+  message), "drop" (close the connection without answering), "slow:<seconds>".
+It counts requests per distinct message list (media included) so tests can prove nothing was
+sent twice. `stop()`/`start()` take it off the network and back, as a crashed server would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from collections import Counter, deque
+
+from tests.server_process import free_port
+
+
+class FaultServer:
+    def __init__(self, script: list[str] | None = None, default: str = "ok", port: int | None = None) -> None:
+        self.script: deque[str] = deque(script or [])
+        self.default = default
+        self.port = port or free_port()
+        self.chat_requests = 0
+        self.per_prompt: Counter[str] = Counter()
+        self.bodies: list[dict] = []
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.base_events.Server | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # --- lifecycle (callable from any thread) ----------------------------------------------------
+    def start(self) -> FaultServer:
+        async def _start():
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+
+        asyncio.run_coroutine_threadsafe(_start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        async def _stop():
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+                self._server = None
+
+        asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(10)
+
+    def close(self) -> None:
+        self.stop()  # the loop thread is a daemon: closing it here would race connections still closing
+
+    def __enter__(self) -> FaultServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- HTTP ------------------------------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                method, path, _ = line.decode().split(" ", 2)
+                headers = {}
+                while (h := await reader.readline()) not in (b"\r\n", b""):
+                    k, v = h.decode().split(":", 1)
+                    headers[k.strip().lower()] = v.strip()
+                body = await reader.readexactly(int(headers.get("content-length", 0)))
+                if not await self._respond(method, path, body, writer):
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def _respond(self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        if path == "/health":
+            return self._send(writer, 200, {})
+        if path == "/v1/models":
+            return self._send(writer, 200, {"object": "list", "data": [{"id": "fault-model", "object": "model"}]})
+        if path != "/v1/chat/completions":
+            return self._send(writer, 404, {"error": {"message": "not found"}})
+        payload = json.loads(body)
+        with self._lock:
+            self.chat_requests += 1
+            self.bodies.append(payload)
+            behaviour = self.script.popleft() if self.script else self.default
+        prompt = hashlib.sha256(json.dumps(payload.get("messages"), sort_keys=True).encode()).hexdigest()
+        if behaviour == "drop":
+            return False
+        if behaviour.startswith("slow:"):
+            await asyncio.sleep(float(behaviour.split(":", 1)[1]))
+            behaviour = "ok"
+        if behaviour == "429":
+            return self._send(writer, 429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
+        if behaviour in ("500", "503"):
+            return self._send(writer, int(behaviour), {"error": {"message": "overloaded"}})
+        if behaviour == "400":
+            return self._send(writer, 400, {"error": {"message": "This model's maximum context length is 10 tokens",
+                                                      "type": "BadRequestError", "code": 400}})
+        with self._lock:
+            self.per_prompt[prompt] += 1
+        return self._send(writer, 200, {
+            "id": "chatcmpl-fault", "object": "chat.completion", "model": payload.get("model"),
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ОТВЕТ A"}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+        })  # fmt: skip
+
+    @staticmethod
+    def _send(writer: asyncio.StreamWriter, status: int, body: dict, headers: dict | None = None) -> bool:
+        data = json.dumps(body).encode()
+        head = [f"HTTP/1.1 {status} X", "Content-Type: application/json", f"Content-Length: {len(data)}"]
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        return True
