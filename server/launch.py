@@ -70,15 +70,9 @@ def vllm_argv(settings: ServerSettings, model: str | None = None) -> list[str]:
         argv.append("--enforce-eager")
     if s.download_dir:
         argv += ["--download-dir", str(s.download_dir)]
-    if s.guard.enabled and _guard_available():
+    if s.guard.enabled:
         argv += ["--middleware", GUARD_MIDDLEWARE]
     return argv + list(s.extra_args)
-
-
-def _guard_available() -> bool:  # TODO(integration): drop once server.guard.app has landed
-    import importlib.util
-
-    return importlib.util.find_spec("server.guard.app") is not None
 
 
 def vllm_env(settings: ServerSettings, base: dict[str, str] | None = None) -> dict[str, str]:
