@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import struct
@@ -10,6 +11,7 @@ import zlib
 
 import httpx
 import pytest
+from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -517,3 +519,46 @@ async def test_guard_disabled_passes_everything():
     guard = make_guard(enabled=False)
     async with client(guard) as c:
         assert (await c.get("/version")).status_code == 200
+
+
+# --- big payloads: only the head is decoded here, the rest is left to vLLM ------------------------
+def big_b64(data: bytes) -> str:
+    return data_url("x", data).split(",")[1]
+
+
+async def test_image_header_beyond_the_decoded_head_is_still_found():
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(
+        buf, format="JPEG", icc_profile=b"\0" * 900_000
+    )  # SOF after 900 KB
+    payload = chat(image_part("data:image/jpeg;base64," + big_b64(buf.getvalue())))
+    assert len(payload["messages"][1]["content"][1]["image_url"]["url"]) > 1 << 20
+    assert (await post(make_guard(), "/v1/chat/completions", payload)).status_code == 200
+    big = make_guard(max_image_pixels=64 * 48 - 1)
+    assert_openai_error(await post(big, "/v1/chat/completions", payload), 400, "64x48")
+
+
+@pytest.mark.parametrize("damage", ["tail", "length"])
+async def test_big_payload_with_broken_base64_is_400(damage):
+    text = big_b64(audio_bytes(40))
+    text = text[:-8] + "!!!!!!!!" if damage == "tail" else text[:-1]
+    reply = await post(
+        make_guard(), "/v1/chat/completions", chat(audio_part("data:audio/wav;base64," + text))
+    )
+    assert_openai_error(reply, 400, "messages[1].content[1]", "base64")
+
+
+async def test_wav_duration_read_from_header_of_big_payload():
+    payload = chat(
+        audio_part(data_url("audio/wav", audio_bytes(29.5))),
+        audio_part(data_url("audio/wav", audio_bytes(31))),
+    )
+    reply = await post(make_guard(long_audio="reject"), "/v1/chat/completions", payload)
+    assert_openai_error(reply, 400, "messages[1].content[2]", "31.0 s")
+
+
+async def test_leading_whitespace_does_not_bypass_validation():
+    raw = b" \n\t" * 100 + json.dumps(chat(image_part("data:image/png,hello"))).encode()
+    async with client(make_guard()) as c:
+        reply = await c.post("/v1/chat/completions", content=raw, headers=AUTH)
+    assert_openai_error(reply, 400, "base64")

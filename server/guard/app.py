@@ -18,6 +18,7 @@ import os
 import time
 from typing import Any
 
+import msgspec
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -69,6 +70,15 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         await _Exchange(self, scope, receive, send).run()
+
+
+def _parse_json(body: bytes) -> Any:
+    """msgspec (a vLLM dependency) parses 3x faster than json; both keep the last duplicate key,
+    and whatever msgspec refuses (NaN literals) gets the standard library's verdict, as vLLM does."""
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return json.loads(body)
 
 
 def _route(scope: Scope) -> str:
@@ -150,14 +160,14 @@ class _Exchange:
 
     async def _validate(self, body: bytes) -> bytes:
         """Chat payloads are checked; anything that is not a JSON object goes to vLLM as is."""
-        if not body or body.lstrip()[:1] != b"{":
+        if not body:
             return body
         try:
             # No textual pre-filter: JSON escapes ("\u006dessages") would slip past one.
             if len(body) > INLINE_THRESHOLD:
-                payload: Any = await asyncio.to_thread(json.loads, body)
+                payload: Any = await asyncio.to_thread(_parse_json, body)
             else:
-                payload = json.loads(body)
+                payload = _parse_json(body)
         except ValueError:
             return body  # vLLM answers malformed JSON with its own 400
         if not isinstance(payload, dict):

@@ -17,24 +17,38 @@ from typing import Any
 from server.guard.config import GuardSettings
 from server.guard.errors import GuardError
 from server.guard.media import (
+    Base64Payload,
     MediaError,
     Modality,
     audio_seconds,
-    decode_base64,
     image_pixels,
     parse_data_url,
     sniff,
+    wav_seconds,
 )
 from server.guard.remote import MediaFetcher
 
 TEXT_PARTS = frozenset({"text", "input_text", "output_text", "refusal", "thinking", "tool_reference"})
 # Tensors / Python objects: never sent by an evaluator, and vLLM needs --enable-mm-embeds for them.
 REFUSED_PARTS = frozenset({"image_embeds", "audio_embeds", "video_embeds", "prompt_embeds", "image_pil"})
-# part type -> (modality, how to find the URL in the part)
 MEDIA_PARTS: dict[str, Modality] = {
     "image_url": "image", "input_image": "image", "audio_url": "audio", "input_audio": "audio", "video_url": "video",
 }  # fmt: skip
-INLINE_THRESHOLD = 256 * 1024  # payloads above this are checked in a worker thread, off the event loop
+# Bodies above this are parsed and checked in a worker thread, so the event loop (which also
+# streams every other client's tokens) is never blocked for more than a millisecond or two.
+INLINE_THRESHOLD = 2 << 20
+
+
+class _Bytes:
+    """Fetched media: already whole, same interface as Base64Payload."""
+
+    is_complete = True
+
+    def __init__(self, data: bytes) -> None:
+        self.head = data
+
+    def full(self) -> bytes:
+        return self.head
 
 
 @dataclass
@@ -178,39 +192,46 @@ class ContentValidator:
         """Validates one item; True when it is audio over the limit that is let through."""
         try:
             if ref.fetched is not None:
-                data = ref.fetched
+                payload: Base64Payload | _Bytes = _Bytes(ref.fetched)
             elif ref.url is None:
-                data = decode_base64(ref.part["input_audio"]["data"])
+                payload = Base64Payload(ref.part["input_audio"]["data"])
             else:
-                _, data = parse_data_url(ref.url)
-            found = sniff(data)
+                _, payload = parse_data_url(ref.url)
+            found = sniff(payload.head)
             if found is None:
                 raise MediaError(
-                    f"bytes are not a recognised {ref.modality} file (first bytes {data[:8].hex()})"
+                    f"bytes are not a recognised {ref.modality} file (first bytes {payload.head[:8].hex()})"
                 )
             if found.modality != ref.modality and not (ref.modality == "audio" and found.format == "mp4"):
                 raise MediaError(f"a {ref.part_type} part holds {found.modality} data ({found.format})")
             truncated = False
             if ref.modality == "image":
-                self._check_pixels(data)
+                self._check_pixels(payload)
             elif ref.modality == "audio":
-                truncated = self._check_duration(data)
+                truncated = self._check_duration(payload)
         except MediaError as exc:
             raise GuardError(400, f"{ref.where}: {exc}", "invalid_media", ref.where) from None
         if ref.fetched is not None:
             self._rewrite(ref, found.modality, found.format)
         return truncated
 
-    def _check_pixels(self, data: bytes) -> None:
-        width, height = image_pixels(data)
+    def _check_pixels(self, payload: Base64Payload | _Bytes) -> None:
+        try:
+            width, height = image_pixels(payload.head)
+        except MediaError:
+            if payload.is_complete:
+                raise
+            width, height = image_pixels(payload.full())  # a header past the first 64 KB (big EXIF)
         if width * height > self.settings.max_image_pixels:
             raise MediaError(
                 f"image is {width}x{height} = {width * height} pixels; the server accepts at most "
                 f"{self.settings.max_image_pixels}"
             )
 
-    def _check_duration(self, data: bytes) -> bool:
-        seconds = audio_seconds(data)
+    def _check_duration(self, payload: Base64Payload | _Bytes) -> bool:
+        seconds = wav_seconds(payload.head)
+        if seconds is None:
+            seconds = audio_seconds(payload.full())
         limit = self.settings.max_audio_seconds
         if seconds <= limit:
             return False

@@ -74,18 +74,69 @@ def decode_base64(text: str) -> bytes:
         raise MediaError(f"invalid base64 data ({exc})") from None
 
 
-def parse_data_url(url: str) -> tuple[str, bytes]:
-    """`data:<mime>[;param...];base64,<payload>` -> (mime, bytes)."""
+HEAD_CHARS = 87_384  # base64 characters decoded up front: 65,538 bytes, enough for nearly every header
+
+
+class Base64Payload:
+    """A base64 string whose head is decoded eagerly and whose whole is decoded only on demand.
+
+    Why: decoding megabytes of video costs the API server real time, and vLLM decodes them again
+    anyway. Headers (sniffing, image size, WAV duration) need only the head. The head and the tail
+    are base64-checked here; the middle of a payload over 64 KB is left to vLLM's own decoder
+    (which answers 400 for bad base64, without naming the part).
+    """
+
+    def __init__(self, text: str) -> None:
+        if not text:
+            raise MediaError("empty base64 payload")
+        self.text = text
+        self._full: bytes | None = None
+        if len(text) <= HEAD_CHARS:
+            self._full = decode_base64(text)
+            self.head = self._full[: HEAD_CHARS // 4 * 3]
+        else:
+            if len(text) % 4:
+                raise MediaError("invalid base64 data (length is not a multiple of 4)")
+            self.head = decode_base64(text[:HEAD_CHARS])
+            decode_base64(text[-8:])  # a truncated or garbage-padded tail
+
+    @property
+    def is_complete(self) -> bool:
+        return self._full is not None or len(self.text) <= HEAD_CHARS
+
+    def full(self) -> bytes:
+        if self._full is None:
+            self._full = decode_base64(self.text)
+        return self._full
+
+
+def parse_data_url(url: str) -> tuple[str, Base64Payload]:
+    """`data:<mime>[;param...];base64,<payload>` -> (mime, payload)."""
     header, sep, payload = url[5:].partition(",")
     if not sep:
         raise MediaError("malformed data URL: no ',' before the payload")
     params = header.split(";")
     if "base64" not in (p.strip().lower() for p in params[1:]):
         raise MediaError("data URL must be base64-encoded ('data:<mime>;base64,<data>')")
-    data = decode_base64(payload)
-    if not data:
+    if not payload:
         raise MediaError("data URL has an empty payload")
-    return params[0].strip().lower(), data
+    return params[0].strip().lower(), Base64Payload(payload)
+
+
+def wav_seconds(head: bytes) -> float | None:
+    """Duration of a RIFF/WAVE file from its `fmt ` and `data` chunk headers (None if not found
+    in `head`). libsndfile would clamp the frame count to the bytes it was given."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, byte_rate = 12, 0
+    while pos + 8 <= len(head):
+        kind, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+        if kind == b"fmt " and pos + 16 <= len(head):
+            byte_rate = int.from_bytes(head[pos + 16 : pos + 20], "little")
+        elif kind == b"data":
+            return size / byte_rate if byte_rate > 0 and size not in (0, 0xFFFFFFFF) else None
+        pos += 8 + size + (size & 1)
+    return None
 
 
 def image_pixels(data: bytes) -> tuple[int, int]:
