@@ -1,0 +1,188 @@
+"""JudgeScore: MERA's answer judge (a 2-label sequence classifier) served by vLLM's `/classify`.
+
+Algorithm, as `multimodal_tasks/custom_metrics.py` (MERA_MULTIMODAL @3380006) defines it:
+* input = question + sep + str(gold) + sep + str(prediction) (no judge prompt);
+* if it tokenizes to more than 7995 tokens (MAX_LENGTH 8000 - OFFSET 5, special tokens included),
+  two inputs are sent instead: the decoded first 7995 tokens and the decoded last 7995;
+* a second input (same truncation rule) uses `prediction.split("ОТВЕТ")[-1].strip()` when that is
+  non-empty — so without `ОТВЕТ` it is the stripped prediction;
+* each input's label = argmax(probs); the sample's score = max([0] + labels); the task = mean.
+
+Where we differ, on purpose:
+* A judge request that still fails after the retry policy (the evaluator's one `RetryPolicy`) makes
+  the sample *unscored* and reported, never 0 (the official code scores any exception as 0).
+* The official code posts the body form-encoded (`requests.post(url, dict)`), which vLLM rejects;
+  we send JSON, which is what the vLLM route accepts.
+* Identical inputs are sent once (max over duplicates is the same), all inputs of a sample in one
+  `/classify` call (vLLM takes a list).
+
+Tokenizer: the judge server's own, through vLLM's `/tokenize` and `/detokenize` routes, so no model
+files or `transformers` are needed on the evaluator side. Truncation decodes with the server's
+`detokenize`, as the official code decodes with `tokenizer.decode` (special tokens kept). Texts whose
+UTF-8 byte length (+ a margin for the special tokens added) cannot exceed 7995 tokens skip the
+round trip: every token of a byte-level or WordPiece tokenizer covers at least one byte.
+The separator is the tokenizer's `sep_token`, read from config (default "[SEP]"; MERA's judge is a
+BERT-family encoder, see `JudgeConfig.sep_token`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+from pydantic import BaseModel, Field, SecretStr
+
+from evaluator.client import RETRY_STATUSES, RetryPolicy, error_message, parse_retry_after
+
+MAX_LENGTH = 8000
+OFFSET = 5
+TOKEN_LIMIT = MAX_LENGTH - OFFSET  # 7995
+TRUNCATE_PROMPT_TOKENS = 8192  # sent with every request, as the official code does
+SPECIAL_TOKEN_MARGIN = 8
+ANSWER_MARKER = "ОТВЕТ"
+DEFAULT_JUDGE_MODEL = "MERA-evaluation/MERA_Answer_judge"
+
+
+class JudgeConfig(BaseModel):
+    url: str = Field(description="Judge server base URL, e.g. http://127.0.0.1:8001 (a trailing /v1 is ignored).")
+    model: str = DEFAULT_JUDGE_MODEL
+    api_key: SecretStr | None = None
+    sep_token: str = "[SEP]"
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy(max_attempts=4, max_downtime_s=120.0))
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/").removesuffix("/v1")
+
+
+class JudgeError(Exception):
+    """The judge could not answer (after retries); the sample stays unscored."""
+
+
+@dataclass
+class JudgeItem:
+    key: str
+    question: str
+    gold: str | list[str]
+    prediction: str
+
+
+@dataclass
+class JudgeVerdict:
+    key: str
+    score: int | None  # None: unscored, see `error`
+    labels: list[int] = field(default_factory=list)
+    inputs: int = 0
+    error: str | None = None
+
+
+class JudgeClient:
+    def __init__(self, config: JudgeConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.config = config
+        headers = {}
+        if config.api_key is not None and config.api_key.get_secret_value():
+            headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+        self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(config.timeout_s, connect=10.0),
+                                       transport=transport)
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self.requests = 0
+        self.retries = 0
+
+    async def __aenter__(self) -> JudgeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    # --- HTTP with the evaluator's retry semantics ------------------------------------------------
+    async def _post(self, path: str, body: dict) -> dict:
+        policy = self.config.retry
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after = None
+            try:
+                self.requests += 1
+                response = await self._http.post(self.config.base_url + path, json=body)
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    try:
+                        return response.json()
+                    except ValueError as exc:
+                        raise JudgeError(f"{path}: malformed JSON from judge: {exc}") from None
+                problem = f"HTTP {response.status_code}: {error_message(response)}"
+                if response.status_code not in RETRY_STATUSES:
+                    raise JudgeError(f"{path}: {problem}")  # the request's own fault: not retried
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+            if attempt >= policy.max_attempts or time.monotonic() - started > policy.max_downtime_s:
+                raise JudgeError(f"{path}: gave up after {attempt} attempts: {problem}")
+            self.retries += 1
+            await asyncio.sleep(policy.delay(attempt, retry_after))
+
+    async def tokenize(self, text: str) -> list[int]:
+        body = {"model": self.config.model, "prompt": text, "add_special_tokens": True}
+        return list((await self._post("/tokenize", body))["tokens"])
+
+    async def detokenize(self, tokens: Sequence[int]) -> str:
+        body = {"model": self.config.model, "tokens": list(tokens)}
+        return str((await self._post("/detokenize", body))["prompt"])
+
+    async def classify(self, texts: list[str]) -> list[list[float]]:
+        body = {"model": self.config.model, "input": texts, "truncate_prompt_tokens": TRUNCATE_PROMPT_TOKENS}
+        data = (await self._post("/classify", body)).get("data")
+        if not isinstance(data, list) or len(data) != len(texts):
+            raise JudgeError(f"/classify returned {len(data) if isinstance(data, list) else data!r} items "
+                             f"for {len(texts)} inputs")
+        return [list(item["probs"]) for item in data]
+
+    # --- the MERA algorithm ---------------------------------------------------------------------
+    async def _variants_of(self, text: str) -> list[str]:
+        """`text`, or its head and tail 7995-token decodings when it is longer than that."""
+        if len(text.encode("utf-8")) + SPECIAL_TOKEN_MARGIN <= TOKEN_LIMIT:
+            return [text]
+        tokens = await self.tokenize(text)
+        if len(tokens) <= TOKEN_LIMIT:
+            return [text]
+        return [await self.detokenize(tokens[:TOKEN_LIMIT]), await self.detokenize(tokens[-TOKEN_LIMIT:])]
+
+    async def judge_inputs(self, question: str, gold: str | list[str], prediction: str) -> list[str]:
+        """`preprocess_request`: the inputs whose labels are max-ed (duplicates dropped)."""
+        sep = self.config.sep_token
+        inputs = await self._variants_of(question + sep + str(gold) + sep + str(prediction))
+        after = str(prediction).split(ANSWER_MARKER)[-1].strip()
+        if after:
+            inputs += await self._variants_of(question + sep + str(gold) + sep + after)
+        return list(dict.fromkeys(inputs))
+
+    async def judge(self, item: JudgeItem) -> JudgeVerdict:
+        async with self._slots:
+            try:
+                inputs = await self.judge_inputs(item.question, item.gold, item.prediction)
+                probs = await self.classify(inputs)
+            except JudgeError as exc:
+                return JudgeVerdict(item.key, None, error=str(exc))
+            except (KeyError, TypeError, ValueError) as exc:
+                return JudgeVerdict(item.key, None, error=f"unexpected judge reply: {exc!r}")
+        labels = [max(range(len(p)), key=p.__getitem__) for p in probs]  # argmax, first on ties
+        return JudgeVerdict(item.key, max([0, *labels]), labels=labels, inputs=len(inputs))
+
+    async def judge_all(self, items: Iterable[JudgeItem]) -> list[JudgeVerdict]:
+        return list(await asyncio.gather(*(self.judge(item) for item in items)))
+
+
+async def judge_items(config: JudgeConfig, items: Iterable[JudgeItem]) -> list[JudgeVerdict]:
+    async with JudgeClient(config) as client:
+        return await client.judge_all(items)
+
+
+def run_judge(config: JudgeConfig, items: Iterable[JudgeItem]) -> list[JudgeVerdict]:
+    """Synchronous entry for the CLI."""
+    return asyncio.run(judge_items(config, list(items)))

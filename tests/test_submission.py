@@ -1,0 +1,78 @@
+"""The submission zip: MERA's layout, filtered outputs, ruTiE ids, validation before every write."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import pytest
+
+from evaluator.cli import main
+from evaluator.registry import TASKS
+from evaluator.submission import SubmissionError, validate_files, validate_zip, write_submission
+from tests.scoring_fixtures import make_run
+
+
+def test_complete_run_gives_the_leaderboard_layout(tmp_path):
+    run = make_run(tmp_path / "run")
+    path, report = write_submission(run)
+    assert report.ok and not report.warnings
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        assert names == {f"{s.submission_name}.json" for s in TASKS.values()} | {"logs_public.zip"}
+        school = json.loads(zf.read("SchoolScienceVQA.json"))
+        assert len(school["data"]["test"]) == 6  # two domains merged into one file
+        item = school["data"]["test"][0]
+        assert set(item) == {"outputs", "meta"} and isinstance(item["meta"]["id"], int)
+        slun = json.loads(zf.read("ruSLUn.json"))["data"]["test"][0]["outputs"]
+        assert slun == '{"intent": "alarm/set", "slots": [{"time": "семь утра"}]}'  # after its filter
+        tie = json.loads(zf.read("ruTiE_Image.json"))["data"]["test"]
+        assert [e["meta"]["id"] for e in tie] == [111, 112, 113] and tie[0]["outputs"] == "A"  # submission ids, lstrip
+        raw = json.loads(zf.read("ruCLEVR.json"))["data"]["test"]
+        assert [e["outputs"] for e in raw] == ["A", "ОТВЕТ A", "A"]  # raw text, no extraction
+        logs = zipfile.ZipFile(io.BytesIO(zf.read("logs_public.zip"))).namelist()
+        assert logs and all(n.startswith("samples_") for n in logs)
+    assert validate_zip(path, run).ok
+    assert main(["validate-submission", str(path), "--run", str(run)]) == 0
+
+
+def test_incomplete_run_refuses_without_flag(tmp_path):
+    run = make_run(tmp_path / "run", drop=("RealVQA",), fail=("AQUARIA",))
+    with pytest.raises(SubmissionError) as err:
+        write_submission(run)
+    assert any("RealVQA.json" in e for e in err.value.report.errors)
+    assert any("AQUARIA.json" in e for e in err.value.report.errors)
+    assert not (run / "submission.zip").exists()
+    assert main(["submit", str(run)]) == 1
+    assert main(["submit", str(run), "--allow-incomplete"]) == 0
+    assert (run / "submission.zip").is_file()
+    assert not validate_zip(run / "submission.zip", run).ok
+    assert validate_zip(run / "submission.zip", run, allow_incomplete=True).ok
+
+
+def test_validator_catches_bad_shapes():
+    good = {"data": {"test": [{"outputs": "A", "meta": {"id": 1}}]}}
+    files = {f"{s.submission_name}.json": good for s in TASKS.values()}
+    assert validate_files(files).ok
+    bad = dict(files)
+    bad["WEIRD.json"] = {"data": {"test": [{"outputs": 1, "meta": {"id": 1}}, {"outputs": "A", "meta": {"id": 1}}]}}
+    bad["ruCLEVR.json"] = {"test": []}
+    bad["Extra.json"] = good
+    bad["ruEnvAQA.json"] = {"data": {"test": [{"outputs": "A", "meta": {"id": "1"}}]}}
+    errors = "\n".join(validate_files(bad).errors)
+    for needle in ("outputs is int", "appears more than once", "ruCLEVR.json: not shaped", "Extra.json",
+                   "meta.id is not an integer"):
+        assert needle in errors
+    partial = {"WEIRD.json": good}
+    assert not validate_files(partial).ok and validate_files(partial, allow_incomplete=True).ok
+    assert "2 expected ids" in "\n".join(validate_files(files, {"WEIRD.json": {1, 2, 3}}).errors)
+
+
+def test_zip_with_nested_paths_is_rejected(tmp_path):
+    path = tmp_path / "s.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("sub/WEIRD.json", "{}")
+        zf.writestr("ruCLEVR.json", "not json")
+    errors = "\n".join(validate_zip(path).errors)
+    assert "zip root" in errors and "not UTF-8 JSON" in errors
