@@ -20,7 +20,9 @@ from tests.server_process import free_port
 
 
 class FaultServer:
-    def __init__(self, script: list[str] | None = None, default: str = "ok", port: int | None = None) -> None:
+    def __init__(self, script: list[str] | None = None, default: str = "ok", port: int | None = None,
+                 answers: list[str] | None = None) -> None:
+        self.answers = answers or ["ОТВЕТ A"]  # completions, cycled
         self.script: deque[str] = deque(script or [])
         self.default = default
         self.port = port or free_port()
@@ -110,9 +112,10 @@ class FaultServer:
                                                       "type": "BadRequestError", "code": 400}})
         with self._lock:
             self.per_prompt[prompt] += 1
+            answer = self.answers[(sum(self.per_prompt.values()) - 1) % len(self.answers)]
         return self._send(writer, 200, {
             "id": "chatcmpl-fault", "object": "chat.completion", "model": payload.get("model"),
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ОТВЕТ A"}}],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
         })  # fmt: skip
 

@@ -28,7 +28,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     cache = PROJECT_ROOT / ".cache"
     env = dict(os.environ)
     env.update(
@@ -62,7 +62,7 @@ class ServerProcess:
             extra["MERA_SERVE_API_KEY"] = self.api_key
         cmd = [sys.executable, "-m", "server.cli", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=test_env(extra), stdout=log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=child_env(extra), stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
