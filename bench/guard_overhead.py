@@ -209,8 +209,9 @@ def e2e(requests: int, concurrency: int) -> list[dict]:
         results = {name: ([], 0.0) for name in servers}
         asyncio.run(run_round(servers["guard"], concurrency))  # warm-up both
         asyncio.run(run_round(servers["no guard"], concurrency))
-        per_round = max(concurrency, requests // 4)
-        for _ in range(4):  # alternate rounds so machine noise hits both alike
+        rounds = 8
+        per_round = max(concurrency, requests // rounds)
+        for _ in range(rounds):  # alternate rounds so machine noise hits both alike
             for name, server in servers.items():
                 lat, wall = asyncio.run(run_round(server, per_round))
                 results[name] = (results[name][0] + lat, results[name][1] + wall)
