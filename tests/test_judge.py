@@ -105,7 +105,7 @@ async def test_judge_end_to_end_on_vllm_cpu(judge_server):
     items = [
         JudgeItem("short", "Изображение: Сколько котов? Ответ:", "2", "РАССУЖДЕНИЕ: вижу двух.\nОТВЕТ 2"),
         JudgeItem("list", "Вопрос?", ["Да", "да"], "Да"),
-        JudgeItem("long", "слово " * 3000, "B", "B"),  # > 7995 tokens: head and tail windows
+        JudgeItem("long", "слово " * 3000, "B", "ОТВЕТ B"),  # > 7995 tokens: head and tail windows
     ]
     async with JudgeClient(config) as judge:
         tokens = await judge.tokenize("Привет[SEP]B")
@@ -117,4 +117,24 @@ async def test_judge_end_to_end_on_vllm_cpu(judge_server):
         assert verdict.score in (0, 1) and all(label in (0, 1) for label in verdict.labels)
         assert verdict.score == max([0, *verdict.labels])
     assert by_key["short"].inputs == 2
-    assert by_key["long"].inputs == 3  # head + tail of the full input, plus the short stripped variant
+    assert by_key["long"].inputs == 3  # one shared head, the tails of the full and the after-ОТВЕТ input
+
+
+@pytest.mark.judge
+@pytest.mark.server
+def test_score_cli_with_the_judge_on_vllm_cpu(judge_server, tmp_path):
+    """`mera-eval score --judge-url`: JudgeScore present wherever gold is, absent where it is hidden."""
+    from evaluator.cli import main
+    from tests.scoring_fixtures import make_run
+
+    run = make_run(tmp_path / "run", per_task=2)
+    assert main(["score", str(run), "--judge-url", judge_server.base_url + "/v1", "--judge-model", judge_server.model,
+                 "--judge-api-key", judge_server.api_key]) == 0
+    data = json.loads((run / "results.json").read_text())
+    assert data["judge_model"] == judge_server.model
+    shots = data["splits"]["shots"]["tasks"]
+    assert 0.0 <= shots["ruCLEVR"]["metrics"]["judge_score"] <= 1.0
+    assert 0.0 <= shots["ruHHH-Video"]["metrics"]["group_judge_score"] <= 1.0
+    assert "judge_score" not in shots["ruSLUn"]["metrics"]  # ruSLUn: Intent EM + Slot F1 only
+    assert all(t["judge_unscored"] == 0 and not t["missing_metrics"] for t in shots.values())
+    assert data["splits"]["test"]["tasks"]["LabTabVQA"]["score"] is None
