@@ -124,10 +124,20 @@ def validate_files(files: Mapping[str, Any], expected_ids: Mapping[str, set[int]
     return report
 
 
+def newest_logs(paths: list[Path]) -> list[Path]:
+    """The newest `samples_<task>_<timestamp>` file per task (resumed runs export several)."""
+    newest: dict[str, Path] = {}
+    for path in paths:
+        task = path.name.split(".json")[0].rsplit("_", 1)[0]
+        if task not in newest or path.name > newest[task].name:  # the timestamp sorts as text
+            newest[task] = path
+    return sorted(newest.values())
+
+
 def logs_zip_bytes(run_dir: Path) -> bytes | None:
     """`logs_public.zip` of the run's `samples_*`/`results_*` logs (exported first if absent)."""
     samples_dir = run_dir / "samples"
-    logs = sorted(samples_dir.glob("samples_*.json*")) if samples_dir.is_dir() else []
+    logs = newest_logs(sorted(samples_dir.glob("samples_*.json*"))) if samples_dir.is_dir() else []
     if not logs:
         from evaluator.export import export_samples  # the DISPATCH side's exporter
 

@@ -76,3 +76,12 @@ def test_zip_with_nested_paths_is_rejected(tmp_path):
         zf.writestr("ruCLEVR.json", "not json")
     errors = "\n".join(validate_zip(path).errors)
     assert "zip root" in errors and "not UTF-8 JSON" in errors
+
+
+def test_logs_zip_keeps_the_newest_export_per_task(tmp_path):
+    from evaluator.submission import newest_logs
+
+    paths = [tmp_path / n for n in ("samples_weird_2026-01-01T10-00-00.000001.jsonl",
+                                    "samples_weird_2026-01-02T09-00-00.000001.jsonl",
+                                    "samples_ruhhh_image_2026-01-01T10-00-00.000001.jsonl")]
+    assert [p.name for p in newest_logs(paths)] == [paths[2].name, paths[1].name]
