@@ -167,8 +167,9 @@ def write_sample_data(out_dir: Path, *, per_split: int = 4, seed: int = 0, tasks
         rng = random.Random(f"{seed}/{spec.name}")
         root = out_dir / spec.hub_id
         for split, id_base in (("shots", 0), ("test", 11)):
-            for domain in spec.domains or (None,):
-                rows = _rows(spec, rng, split, per_split, id_base)
+            for k, domain in enumerate(spec.domains or (None,)):
+                # meta.id is unique across a dataset's domains on the hub (their files merge into one submission)
+                rows = _rows(spec, rng, split, per_split, id_base + 1000 * k)
                 folder = root / domain if domain else root / "data"
                 _write_parquet(rows, folder / f"{split}-00000-of-00001.parquet")
     (out_dir / "README.md").write_text(
