@@ -151,14 +151,9 @@ def _iter_hub_rows(spec: TaskSpec, split: Split, source: DataSource, domain: str
         spec.hub_id, domain, split=split, streaming=True, token=source.token,
         cache_dir=str(source.cache_dir) if source.cache_dir else None, revision=source.revision,
     )  # fmt: skip
-    # Keep the stored bytes: no decoding through torchcodec or PIL.
-    features = ds.features or {}
-    inputs = features.get("inputs")
-    if isinstance(inputs, dict):
-        for field in spec.media_fields:
-            feature = inputs.get(field)
-            if feature is not None and hasattr(feature, "decode"):
-                ds = ds.cast_column(f"inputs.{field}", type(feature)(decode=False))
+    # Keep the stored bytes: no decoding through torchcodec or PIL. The media features are nested in
+    # `inputs`, which `cast_column` cannot address, so switch decoding off for the whole dataset.
+    ds = ds.decode(False)
     yield from ds
 
 

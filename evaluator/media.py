@@ -29,15 +29,18 @@ def sha256(data: bytes) -> str:
 
 
 def resize_image_bytes(data: bytes, max_side: int) -> bytes:
-    """lm-eval's resize (longest side to `max_side`, aspect kept, never upscaled), then PNG as MERA does."""
+    """lm-eval's `resize_image` (longest side to `max_side`, the other side truncated to int as the fork does,
+    bicubic, never upscaled) on the RGB image, then PNG, as MERA's `load_media.resize_image_bytes` does."""
     from PIL import Image
 
     image = Image.open(io.BytesIO(data)).convert("RGB")
-    longest = max(image.size)
-    if longest > max_side:
-        scale = max_side / longest
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.LANCZOS)
+    width, height = image.size
+    if max(width, height) > max_side:
+        if height > width:
+            size = (max(1, int(width / height * max_side)), max_side)
+        else:
+            size = (max_side, max(1, int(height / width * max_side)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()

@@ -152,12 +152,37 @@ def _rows(spec: TaskSpec, rng: random.Random, split: str, per_split: int, id_bas
     return rows
 
 
-def _write_parquet(rows: list[dict], path: Path) -> None:
+def _features_schema(spec: TaskSpec, table):
+    """The table's schema with `datasets`' feature metadata, media fields typed Image/Audio/Video as on the hub
+    (so `datasets.load_dataset` on the snapshot sees what it sees on the hub)."""
+    import datasets
+
+    features = datasets.Features.from_arrow_schema(table.schema)
+    media_feature = {"image": datasets.Image, "audio": datasets.Audio, "video": datasets.Video}[spec.modality]
+    inputs = dict(features["inputs"])
+    for field in spec.media_fields:
+        inputs[field] = media_feature()
+    features["inputs"] = inputs
+    return features.arrow_schema
+
+
+def _write_parquet(spec: TaskSpec, rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table.cast(_features_schema(spec, table)), path)
+
+
+def _dataset_card(spec: TaskSpec) -> str:
+    """README front matter declaring the configs and splits, as the hub's dataset cards do."""
+    lines = ["---", "configs:"]
+    for domain in spec.domains or ("default",):
+        folder = domain if spec.domains else "data"
+        lines += [f"- config_name: {domain}", "  data_files:"]
+        lines += [f"  - split: {split}\n    path: {folder}/{split}-*" for split in ("shots", "test")]
+    return "\n".join([*lines, "---", f"Synthetic sample data for {spec.name} (mera-eval sample-data).", ""])
 
 
 def write_sample_data(out_dir: Path, *, per_split: int = 4, seed: int = 0, tasks: list[str] | None = None) -> Path:
@@ -171,7 +196,8 @@ def write_sample_data(out_dir: Path, *, per_split: int = 4, seed: int = 0, tasks
                 # meta.id is unique across a dataset's domains on the hub (their files merge into one submission)
                 rows = _rows(spec, rng, split, per_split, id_base + 1000 * k)
                 folder = root / domain if domain else root / "data"
-                _write_parquet(rows, folder / f"{split}-00000-of-00001.parquet")
+                _write_parquet(spec, rows, folder / f"{split}-00000-of-00001.parquet")
+        (root / "README.md").write_text(_dataset_card(spec), encoding="utf-8")
     (out_dir / "README.md").write_text(
         "Synthetic MERA Multi sample data written by `mera-eval sample-data` (hub parquet layout).\n", encoding="utf-8"
     )
