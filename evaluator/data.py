@@ -139,7 +139,9 @@ def _iter_local_rows(files: list[Path]) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     for path in files:
-        with pq.ParquetFile(path) as pf:
+        # pre_buffer (on by default) reads every row group of the file up front: memory would grow with
+        # the file; off, memory stays around one row group (the hub writes 100-row groups for media sets).
+        with pq.ParquetFile(path, pre_buffer=False) as pf:
             for batch in pf.iter_batches(batch_size=BATCH_ROWS):
                 yield from batch.to_pylist()
 
