@@ -9,8 +9,11 @@ Outputs are random bytes: tests assert structure, never text.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 # Bump when the builder changes so cached checkpoints are rebuilt.
@@ -76,7 +79,33 @@ def build_tiny_gemma4(out_dir: Path, *, template: Path | None = None, force: boo
     out_dir = Path(out_dir)
     if is_built(out_dir) and not force:
         return out_dir
-    # Heavy imports only when actually building.
+    template_text = (template or default_template_path()).read_text(encoding="utf-8")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(out_dir):
+        if is_built(out_dir) and not force:  # another process built it while we waited
+            return out_dir
+        tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+        try:
+            _build(tmp, template_text)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            tmp.rename(out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+@contextlib.contextmanager
+def build_lock(out_dir: Path):
+    """Several test sessions may start at once on a fresh clone: one builds, the others wait."""
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build(tmp: Path, template_text: str) -> None:
     import torch
     from transformers import (
         Gemma4AudioConfig,
@@ -92,10 +121,6 @@ def build_tiny_gemma4(out_dir: Path, *, template: Path | None = None, force: boo
         GenerationConfig,
     )
 
-    template_text = (template or default_template_path()).read_text(encoding="utf-8")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
 
     vocab, merges = _vocab()
     tok = GemmaTokenizer(
@@ -181,9 +206,6 @@ def build_tiny_gemma4(out_dir: Path, *, template: Path | None = None, force: boo
         pad_token_id=tok.pad_token_id,
     ).save_pretrained(tmp)
     (tmp / STAMP_FILE).write_text(json.dumps({"builder_version": BUILDER_VERSION, "vocab_size": n_vocab}))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
 
 
 if __name__ == "__main__":  # python -m server.dev_model DIR

@@ -122,13 +122,19 @@ def run(settings: ServerSettings) -> int:
     proc = subprocess.Popen(vllm_argv(settings, model), env=vllm_env(settings))
 
     def forward(signum, _frame):
-        if proc.poll() is None:
+        # Ctrl-C in a terminal already reaches vLLM (same foreground group); a second SIGINT would
+        # make uvicorn force-exit, so only forward what the terminal did not deliver.
+        if proc.poll() is None and not (signum == signal.SIGINT and _in_terminal_foreground()):
             proc.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
-    while True:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:  # SIGINT already forwarded by the handler; keep waiting
-            continue
+    rc = proc.wait()
+    return 128 - rc if rc < 0 else rc  # killed by signal N: the shell's 128+N
+
+
+def _in_terminal_foreground() -> bool:
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except OSError:
+        return False

@@ -27,7 +27,8 @@ Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="MERA_SERVE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix="MERA_SERVE_", env_nested_delimiter="__", extra="forbid", validate_default=True,
+        populate_by_name=True
     )
 
     model: str = Field(LEADERBOARD_MODEL, description="Hugging Face model id or local checkpoint folder.")
@@ -45,7 +46,7 @@ class ServerSettings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     api_key: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("api_key", "MERA_SERVE_API_KEY", "VLLM_API_KEY"),
+        validation_alias=AliasChoices("MERA_SERVE_API_KEY", "VLLM_API_KEY"),
         description="Bearer key required on every route but /health (env MERA_SERVE_API_KEY or VLLM_API_KEY).",
     )
     # ruTiE replays up to 5 earlier turns with their media (history 5 -> 6 items); AQUARIA sends 2 audios.

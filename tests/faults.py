@@ -5,7 +5,11 @@ chat request takes the next behaviour from a script (then `default`):
   "ok" (echo a completion), "429" (with Retry-After), "503", "500", "400" (with an OpenAI error
   message), "drop" (close the connection without answering), "slow:<seconds>".
 It counts requests per distinct message list (media included) so tests can prove nothing was
-sent twice. `stop()`/`start()` take it off the network and back, as a crashed server would be.
+sent twice. `stop()`/`start()` take it off the network and back, as a crashed server would be;
+`healthy = False` makes `/health` answer 503 (a server that is up but not ready).
+
+Standalone (an instantly answering echo endpoint for bench/, in its own process):
+    python -m tests.faults --port 8123
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from tests.server_process import free_port
 
 class FaultServer:
     def __init__(self, script: list[str] | None = None, default: str = "ok", port: int | None = None,
-                 answers: list[str] | None = None) -> None:
+                 answers: list[str] | None = None, keep_bodies: bool = True) -> None:
         self.answers = answers or ["ОТВЕТ A"]  # completions, cycled
         self.script: deque[str] = deque(script or [])
         self.default = default
@@ -29,6 +33,9 @@ class FaultServer:
         self.chat_requests = 0
         self.per_prompt: Counter[str] = Counter()
         self.bodies: list[dict] = []
+        self.keep_bodies = keep_bodies  # off for long benchmark runs: bodies carry base64 media
+        self.healthy = True
+        self.health_checks = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -87,15 +94,20 @@ class FaultServer:
 
     async def _respond(self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter) -> bool:
         if path == "/health":
-            return self._send(writer, 200, {})
+            self.health_checks += 1
+            return self._send(writer, 200 if self.healthy else 503, {})
         if path == "/v1/models":
             return self._send(writer, 200, {"object": "list", "data": [{"id": "fault-model", "object": "model"}]})
         if path != "/v1/chat/completions":
             return self._send(writer, 404, {"error": {"message": "not found"}})
+        if not self.keep_bodies and self.default == "ok" and not self.script:  # benchmark echo: answer at once
+            self.chat_requests += 1
+            return self._send(writer, 200, _completion(None, self.answers[0]))
         payload = json.loads(body)
         with self._lock:
             self.chat_requests += 1
-            self.bodies.append(payload)
+            if self.keep_bodies:
+                self.bodies.append(payload)
             behaviour = self.script.popleft() if self.script else self.default
         prompt = hashlib.sha256(json.dumps(payload.get("messages"), sort_keys=True).encode()).hexdigest()
         if behaviour == "drop":
@@ -113,11 +125,7 @@ class FaultServer:
         with self._lock:
             self.per_prompt[prompt] += 1
             answer = self.answers[(sum(self.per_prompt.values()) - 1) % len(self.answers)]
-        return self._send(writer, 200, {
-            "id": "chatcmpl-fault", "object": "chat.completion", "model": payload.get("model"),
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
-        })  # fmt: skip
+        return self._send(writer, 200, _completion(payload.get("model"), answer))
 
     @staticmethod
     def _send(writer: asyncio.StreamWriter, status: int, body: dict, headers: dict | None = None) -> bool:
@@ -126,3 +134,34 @@ class FaultServer:
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
         return True
+
+
+def _completion(model: str | None, answer: str) -> dict:
+    return {
+        "id": "chatcmpl-fault", "object": "chat.completion", "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+    }  # fmt: skip
+
+
+def main() -> None:
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="Run the fault server alone (default: an instant echo).")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--default", default="ok", help='behaviour for every chat request ("ok", "slow:0.1", ...)')
+    args = parser.parse_args()
+    server = FaultServer(default=args.default, port=args.port, keep_bodies=False).start()
+    print(f"fault server on {server.base_url}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    print(f"served {server.chat_requests} chat requests", flush=True)
+    server.close()
+
+
+if __name__ == "__main__":
+    main()

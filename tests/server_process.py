@@ -30,7 +30,8 @@ def free_port() -> int:
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     cache = PROJECT_ROOT / ".cache"
-    env = dict(os.environ)
+    # The developer's own server settings must not leak into test servers.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MERA_SERVE_", "MERA_GUARD_", "VLLM_API_KEY"))}
     env.update(
         HF_HOME=str(cache / "hf"),
         VLLM_CACHE_ROOT=str(cache / "vllm"),
@@ -39,7 +40,6 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         VLLM_HOST_IP="127.0.0.1",
         VLLM_NO_USAGE_STATS="1",
     )
-    env.pop("VLLM_API_KEY", None)
     env.update(extra or {})
     return env
 

@@ -459,15 +459,42 @@ def check_compose_command(tokens: list[str], compose: dict) -> None:
             parse_cli(serve_parser(), service_args, "gpu-host.md")
 
 
+def check_docker_run(tokens: list[str], compose: dict) -> None:
+    """`docker run` of the compose-built server image: volumes, mera-serve arguments, or a headless
+    `vllm serve` whose engine flags equal the ones mera-serve gives vLLM on the head node."""
+    image = compose["services"]["server"]["image"]
+    assert image in tokens, f"{shlex.join(tokens)}: not the compose-built image {image}"
+    options, args = tokens[2 : tokens.index(image)], tokens[tokens.index(image) + 1 :]
+    entrypoint = None
+    for i, tok in enumerate(options):
+        value = options[i + 1] if i + 1 < len(options) else ""
+        if tok == "-v":
+            volume = value.split(":")[0]
+            assert volume in {f"{compose['name']}_{v}" for v in compose["volumes"]}, volume
+        elif tok == "-e" and value.startswith("MERA_SERVE_EXTRA_ARGS="):
+            extra = json.loads(value.partition("=")[2])
+            assert isinstance(extra, list) and all(isinstance(a, str) for a in extra)
+        elif tok == "--entrypoint":
+            entrypoint = value
+    if entrypoint is None:
+        parse_cli(serve_parser(), args, "gpu-host.md")
+        return
+    assert entrypoint == "vllm" and args[:2] == ["serve", ServerSettings.model_fields["model"].default]
+    head = vllm_argv(ServerSettings())
+    for i, tok in enumerate(args):
+        if tok in ("--dtype", "--max-model-len", "--seed", "--limit-mm-per-prompt"):
+            assert flag(head, tok) == args[i + 1], f"headless {tok} differs from the head's"
+    assert "--headless" in args
+
+
 def published_ports(compose: dict) -> set[str]:
     return {p.split(":")[1] for s in compose["services"].values() for p in s.get("ports", [])}
 
 
-def test_gpu_host_doc_commands_match_the_files():
+def test_gpu_host_doc_commands_match_the_files(clean_env):
     compose = load_compose()
     ports = published_ports(compose)
     run_name = interpolate(compose["services"]["evaluator"]["command"], {})[-1].removeprefix("/runs/")
-    server_image = compose["services"]["server"]["image"]
     commands = [split_command(line) for line in doc_commands()]
     # SSH tunnels (`-L LOCAL:host:REMOTE`) must reach a published port; their local ports are then usable.
     tunnels = set()
@@ -485,14 +512,7 @@ def test_gpu_host_doc_commands_match_the_files():
         if tokens[:2] == ["docker", "compose"]:
             check_compose_command(tokens, compose)
         elif tokens[:2] == ["docker", "run"]:
-            assert tokens[-1] == server_image
-            for i, tok in enumerate(tokens):
-                if tok == "-v":
-                    volume = tokens[i + 1].split(":")[0]
-                    assert volume in {f"{compose['name']}_{v}" for v in compose["volumes"]}, volume
-                if tok == "-e" and tokens[i + 1].startswith("MERA_SERVE_EXTRA_ARGS="):
-                    extra = json.loads(tokens[i + 1].partition("=")[2])
-                    assert isinstance(extra, list) and all(isinstance(a, str) for a in extra)
+            check_docker_run(tokens, compose)
         elif tokens[0] == "mera-eval":
             parse_cli(eval_parser(), tokens[1:], "gpu-host.md")
         elif tokens[0] == "cp":

@@ -15,7 +15,7 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from server.guard.access_log import LOGGER_NAME
 from server.guard.app import GuardMiddleware
@@ -562,3 +562,29 @@ async def test_leading_whitespace_does_not_bypass_validation():
     async with client(make_guard()) as c:
         reply = await c.post("/v1/chat/completions", content=raw, headers=AUTH)
     assert_openai_error(reply, 400, "base64")
+
+
+async def test_responses_api_input_items_are_checked_too():
+    payload = {"model": "m", "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "hi"}, {"type": "input_image", "image_url": "http://127.0.0.1/x.png"}]}]}  # fmt: skip
+    reply = await post(make_guard(), "/v1/responses", payload)
+    assert_openai_error(reply, 400, "input[0].content[1]", "allow-list")
+
+
+def test_websocket_needs_the_key():
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    async def realtime(ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text("hello")
+        await ws.close()
+
+    app = Starlette(routes=[WebSocketRoute("/v1/realtime", realtime)])
+    guarded = GuardMiddleware(app, settings=GuardSettings(), api_key=KEY)
+    with TestClient(guarded) as tc:
+        with pytest.raises(WebSocketDisconnect):
+            with tc.websocket_connect("/v1/realtime") as ws:
+                ws.receive_text()
+        with tc.websocket_connect("/v1/realtime", headers=AUTH) as ws:
+            assert ws.receive_text() == "hello"

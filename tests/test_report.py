@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from html.parser import HTMLParser
+
+import pytest
 
 from evaluator.cli import main
 from evaluator.reference import GEMMA_4_E4B_IT
@@ -84,3 +88,17 @@ def test_cli_score_report_round_trip(tmp_path, capsys):
     assert main(["report", str(run), "--reference", "none"]) == 0
     assert (run / "report.html").is_file()
     assert "Multi" in capsys.readouterr().out
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless browser installed (apt-get install chromium)")
+def test_html_opens_in_a_headless_browser_without_errors(tmp_path):
+    run = make_run(tmp_path / "run")
+    path = write_reports(score_run(run, ScoreOptions()), run, GEMMA_4_E4B_IT)["html"]
+    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                             "--v=0", "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("<svg") == 6 and "MERA Multi run report" in result.stdout
+    assert ":CONSOLE" not in result.stderr  # no script errors or warnings logged by the page

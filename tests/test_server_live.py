@@ -74,6 +74,16 @@ def test_image_two_audios_and_text_in_one_message(dev_server):
     assert_answered(reply, min_prompt_tokens=300)
 
 
+def test_image_audio_and_video_in_one_request(dev_server):
+    reply = chat(dev_server, [
+        {"type": "image_url", "image_url": {"url": data_url("image/png", image_bytes())}},
+        {"type": "text", "text": "Послушай и посмотри."},
+        {"type": "audio_url", "audio_url": {"url": data_url("audio/wav", audio_bytes(1.0))}},
+        {"type": "video_url", "video_url": {"url": data_url("video/mp4", video_bytes())}},
+    ])  # fmt: skip
+    assert_answered(reply, min_prompt_tokens=400)
+
+
 def test_greedy_is_deterministic_and_streaming_equals_non_streaming(dev_server):
     content = [{"type": "image_url", "image_url": {"url": data_url("image/png", image_bytes())}},
                {"type": "text", "text": "Опиши."}]
