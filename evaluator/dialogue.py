@@ -11,7 +11,7 @@ As the official code does it (MERA_MULTIMODAL @0f32158 `multimodal_tasks/rutie_*
   unformatted: the official `get_chat_context` uses `document["instruction"]`); `history_format=
   "formatted"` fills them in instead (our documented correction, off by default);
 - the current turn's text is `doc_to_text`: the instruction with only `{question}` and
-  `{option_a..d}` filled in, then stripped;
+  `{option_a..d}` filled in (ruTiE-Audio: only `{option_a..d}`), then stripped;
 - assistant turns are the model's own earlier answers reduced to a letter by the official regex
   `\\b([A-D])\\b` (first match) with fallback `-1`;
 - submission id: `question_id + 500 * dialog_id + 11` (`scripts/log_to_submission.py`).
@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from evaluator.registry import TaskSpec
+from evaluator.registry import TaskSpec, get_task
 from evaluator.requests import RequestOptions, SampleError, request_digest, user_content
 from evaluator.schema import ChatRequest, Reply, Sample
 
@@ -40,7 +40,12 @@ SUBMISSION_ID_OFFSET = 11
 FALLBACK = "-1"
 LETTER = re.compile(r"\b([A-D])\b")
 CURRENT_FIELDS = ("question", "option_a", "option_b", "option_c", "option_d")
-CONTEXT_ERRORS = ("maximum context length", "max_model_len", "too long", "exceeds")
+# rutie_audio_gen.yaml's doc_to_text restores only {option_a..d}: a `{question}` stays literal there.
+CURRENT_FIELDS_AUDIO = ("option_a", "option_b", "option_c", "option_d")
+# A 400 for a turn whose history does not fit: vLLM's context-length messages, vLLM's media limit
+# ("At most N image(s) may be provided in one prompt.") and the guard's ("... accepts at most N per request").
+CONTEXT_ERRORS = ("maximum context length", "max_model_len", "too long", "exceeds", "may be provided in one",
+                  "accepts at most")
 
 HistoryFormat = Literal["official", "formatted"]
 
@@ -79,7 +84,7 @@ def answer_letter(reply_text: str | None) -> str:
 def current_text(sample: Sample) -> str:
     """The official Jinja `doc_to_text`: only question/options are filled in; other braces stay literal."""
     text = sample.instruction.replace("{", "{{").replace("}", "}}")
-    for name in CURRENT_FIELDS:
+    for name in CURRENT_FIELDS_AUDIO if get_task(sample.task).modality == "audio" else CURRENT_FIELDS:
         text = text.replace("{{" + name + "}}", "{" + name + "}")
     try:
         return text.format(**sample.inputs).strip()
@@ -159,7 +164,7 @@ async def _send_turn(spec: TaskSpec, turn: Turn, history: list[tuple[Turn, str]]
     reply = await ctx.dispatch(sample, request)
     if reply.status == "invalid_request" and reply.error and any(s in reply.error for s in CONTEXT_ERRORS):
         reply = reply.model_copy(update={"error": f"{where} with {len(history)} earlier turns does not fit the "
-                                                  f"server's context ({fix}): {reply.error}"})
+                                                  f"server's context or media limit ({fix}): {reply.error}"})
         ctx.store.record(reply)
     return reply
 
