@@ -107,9 +107,19 @@ def _gold(spec: TaskSpec, rng: random.Random, n_options: int) -> str | list[str]
     return rng.choice(["2", "нет", "красный", "192"])
 
 
+def _template_order(templates: list[str], rng: random.Random) -> list[str]:
+    """One template of each prompt shape (its fields and media placeholders), rarest shape first, so even a few
+    rows carry the odd ones: ruMathVQA's bare `Изображение: <image>`, AQUARIA's two clips, ruTiE's text-only turns."""
+    shapes: dict[tuple, list[str]] = {}
+    for t in templates:
+        shape = (tuple(sorted(set(re.findall(r"\{(\w+)\}", t)))), tuple(re.findall(r"<\w+>", t)))
+        shapes.setdefault(shape, []).append(t)
+    return [rng.choice(group) for group in sorted(shapes.values(), key=len)]
+
+
 def _row(spec: TaskSpec, rng: random.Random, *, split: str, sample_id: int, templates: list[str],
-         meta_extra: dict) -> dict:
-    template = rng.choice(templates)
+         meta_extra: dict, template: str | None = None) -> dict:
+    template = template or rng.choice(templates)
     fields = sorted({f for t in templates for f in re.findall(r"\{(\w+)\}", t)})
     inputs: dict = {}
     n_options = 0
@@ -138,17 +148,21 @@ def _row(spec: TaskSpec, rng: random.Random, *, split: str, sample_id: int, temp
 
 def _rows(spec: TaskSpec, rng: random.Random, split: str, per_split: int, id_base: int) -> list[dict]:
     templates = _templates(spec)
+    first = _template_order(templates, rng)
     rows = []
     if spec.dialogue:
         turns = max(3, per_split)
         for dialog in range(2):
             for q in range(turns):
+                pick = first.pop(0) if first else None
                 rows.append(_row(spec, rng, split=split, sample_id=id_base + dialog * RUTIE_DIALOG_LEN + q,
-                                 templates=templates, meta_extra={}))
+                                 templates=templates, meta_extra={}, template=pick))
         return rows
     for i in range(per_split):
         extra = {"group_id": i // 2} if spec.group_field else {}
-        rows.append(_row(spec, rng, split=split, sample_id=id_base + i, templates=templates, meta_extra=extra))
+        pick = first.pop(0) if first else None
+        rows.append(_row(spec, rng, split=split, sample_id=id_base + i, templates=templates, meta_extra=extra,
+                         template=pick))
     return rows
 
 
