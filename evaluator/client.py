@@ -74,8 +74,12 @@ def parse_retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
         parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+    except (TypeError, ValueError):  # a malformed header must not crash the request: plain backoff then
+        return None
+    return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
 def error_message(response: httpx.Response) -> str:

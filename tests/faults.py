@@ -2,8 +2,12 @@
 
 It speaks just enough HTTP/1.1 for httpx: `/health`, `/v1/models`, `/v1/chat/completions`. Each
 chat request takes the next behaviour from a script (then `default`):
-  "ok" (echo a completion), "429" (with Retry-After), "503", "500", "400" (with an OpenAI error
-  message), "drop" (close the connection without answering), "slow:<seconds>".
+  "ok" (echo a completion), "429" (with Retry-After: 0), "429:<seconds>" (that Retry-After),
+  "400" (with an OpenAI error message), any other status code ("503", "401", "408", ...; with an
+  error message), "drop" (close the connection without answering), "slow:<seconds>" (then ok),
+  "garbage" (200 with a body that is not a completion).
+With `api_key` set, chat requests without that bearer key get 401 (counted, like vLLM's auth).
+`max_in_flight` is the most chat requests it held at once (checks the client's concurrency bound).
 It counts requests per distinct message list (media included) so tests can prove nothing was
 sent twice. `stop()`/`start()` take it off the network and back, as a crashed server would be;
 `healthy = False` makes `/health` answer 503 (a server that is up but not ready).
@@ -25,7 +29,7 @@ from tests.server_process import free_port
 
 class FaultServer:
     def __init__(self, script: list[str] | None = None, default: str = "ok", port: int | None = None,
-                 answers: list[str] | None = None, keep_bodies: bool = True) -> None:
+                 answers: list[str] | None = None, keep_bodies: bool = True, api_key: str | None = None) -> None:
         self.answers = answers or ["ОТВЕТ A"]  # completions, cycled
         self.script: deque[str] = deque(script or [])
         self.default = default
@@ -35,6 +39,10 @@ class FaultServer:
         self.bodies: list[dict] = []
         self.keep_bodies = keep_bodies  # off for long benchmark runs: bodies carry base64 media
         self.healthy = True
+        self.api_key = api_key
+        self.in_flight = 0
+        self._writers: set[asyncio.StreamWriter] = set()  # open connections, cut on stop() like a crash
+        self.max_in_flight = 0
         self.health_checks = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
@@ -58,6 +66,8 @@ class FaultServer:
         async def _stop():
             if self._server is not None:
                 self._server.close()
+                for writer in list(self._writers):  # kept-alive connections die with the server too
+                    writer.transport.abort()
                 await self._server.wait_closed()
                 self._server = None
 
@@ -74,6 +84,7 @@ class FaultServer:
 
     # --- HTTP ------------------------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             while True:
                 line = await reader.readline()
@@ -85,14 +96,16 @@ class FaultServer:
                     k, v = h.decode().split(":", 1)
                     headers[k.strip().lower()] = v.strip()
                 body = await reader.readexactly(int(headers.get("content-length", 0)))
-                if not await self._respond(method, path, body, writer):
+                if not await self._respond(method, path, body, writer, headers):
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
-    async def _respond(self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter) -> bool:
+    async def _respond(self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter,
+                       headers: dict[str, str] | None = None) -> bool:
         if path == "/health":
             self.health_checks += 1
             return self._send(writer, 200 if self.healthy else 503, {})
@@ -108,20 +121,34 @@ class FaultServer:
             self.chat_requests += 1
             if self.keep_bodies:
                 self.bodies.append(payload)
+            if self.api_key and (headers or {}).get("authorization") != f"Bearer {self.api_key}":
+                return self._send(writer, 401, {"error": "Unauthorized"})
             behaviour = self.script.popleft() if self.script else self.default
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._behave(behaviour, payload, writer)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _behave(self, behaviour: str, payload: dict, writer: asyncio.StreamWriter) -> bool:
         prompt = hashlib.sha256(json.dumps(payload.get("messages"), sort_keys=True).encode()).hexdigest()
         if behaviour == "drop":
             return False
         if behaviour.startswith("slow:"):
             await asyncio.sleep(float(behaviour.split(":", 1)[1]))
             behaviour = "ok"
-        if behaviour == "429":
-            return self._send(writer, 429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
-        if behaviour in ("500", "503"):
-            return self._send(writer, int(behaviour), {"error": {"message": "overloaded"}})
+        if behaviour.startswith("429"):
+            retry_after = behaviour.split(":", 1)[1] if ":" in behaviour else "0"
+            return self._send(writer, 429, {"error": {"message": "rate limited"}}, {"Retry-After": retry_after})
         if behaviour == "400":
             return self._send(writer, 400, {"error": {"message": "This model's maximum context length is 10 tokens",
                                                       "type": "BadRequestError", "code": 400}})
+        if behaviour.isdigit():
+            return self._send(writer, int(behaviour), {"error": {"message": f"injected {behaviour}"}})
+        if behaviour == "garbage":
+            return self._send(writer, 200, {"not": "a completion"})
         with self._lock:
             self.per_prompt[prompt] += 1
             answer = self.answers[(sum(self.per_prompt.values()) - 1) % len(self.answers)]

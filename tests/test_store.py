@@ -1,0 +1,150 @@
+"""The run store: one row per sample, committed per reply, config-bound, no media inside."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from evaluator.requests import RequestOptions, build_request
+from evaluator.runner import reply_for
+from evaluator.client import Outcome
+from evaluator.schema import ImageMedia, Reply, Sample
+from evaluator.store import CONFIG_FILE, STORE_FILE, ExpectedSample, RunStore, StoreError
+from tests.server_process import PROJECT_ROOT
+
+CONFIG = {"model": "m", "params": {"temperature": 0.0, "max_tokens": 16}, "split": "test", "data": "local:/x"}
+
+
+def reply(key_id: int = 1, status: str = "ok", task: str = "ruCLEVR", content: str | None = "A", **kw) -> Reply:
+    return Reply(sample_key=f"{task}/-/test/{key_id}", task=task, domain=None, split="test", sample_id=key_id,
+                 status=status, content=content if status == "ok" else None, **kw)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = RunStore.open(tmp_path / "run", CONFIG)
+    yield s
+    s.close()
+
+
+def test_record_is_an_upsert_one_row_per_sample(store):
+    store.record(reply(1, "failed", error="ConnectError"))
+    store.record(reply(1, "ok", content="B"))
+    store.record(reply(2, "ok", content="C"))
+    assert [r.sample_key for r in store.replies()] == ["ruCLEVR/-/test/1", "ruCLEVR/-/test/2"]
+    got = store.get("ruCLEVR/-/test/1")
+    assert got.status == "ok" and got.content == "B" and got.error is None and got.created_at is not None
+    assert store.get("ruCLEVR/-/test/99") is None
+
+
+def test_done_keys_leave_errors_to_be_retried_only_when_asked(store):
+    store.record(reply(1, "ok"))
+    store.record(reply(2, "failed", error="retries exhausted"))
+    store.record(reply(3, "invalid_request", http_status=400, error="too long"))
+    assert store.done_keys() == {"ruCLEVR/-/test/1"}
+    assert store.done_keys(include_errors=True) == {f"ruCLEVR/-/test/{i}" for i in (1, 2, 3)}
+
+
+def test_same_config_reopens_with_its_replies_and_writes_run_json(tmp_path):
+    first = RunStore.open(tmp_path, CONFIG)
+    first.record(reply(1))
+    first.close()
+    assert json.loads((tmp_path / CONFIG_FILE).read_text()) == CONFIG
+    again = RunStore.open(tmp_path, json.loads(json.dumps(CONFIG)))  # equal content, different dict object
+    assert again.done_keys() == {"ruCLEVR/-/test/1"} and again.run_config() == CONFIG
+    again.close()
+
+
+def test_a_changed_config_is_refused_and_names_what_changed(tmp_path):
+    RunStore.open(tmp_path, CONFIG).close()
+    changed = {**CONFIG, "params": {"temperature": 0.0, "max_tokens": 32}}
+    with pytest.raises(StoreError, match=r"different configuration \(changed: params\).*new --output"):
+        RunStore.open(tmp_path, changed)
+    with pytest.raises(StoreError, match="model"):
+        RunStore.open(tmp_path, {**CONFIG, "model": "other"})
+    assert RunStore.open_existing(tmp_path).run_config() == CONFIG  # the old run is untouched
+
+
+def test_open_existing_needs_a_store(tmp_path):
+    with pytest.raises(StoreError, match="no run store"):
+        RunStore.open_existing(tmp_path)
+
+
+def test_expected_and_status_counts_show_what_is_missing(store):
+    store.expect([ExpectedSample(f"ruCLEVR/-/test/{i}", "ruCLEVR", None, "test", i) for i in range(1, 4)])
+    store.expect([("WEIRD/-/test/7", "WEIRD", None, "test", 7)])
+    store.expect([ExpectedSample("ruCLEVR/-/test/1", "ruCLEVR", None, "test", 1)])  # registering twice is harmless
+    store.record(reply(1, "ok"))
+    store.record(reply(2, "failed", error="x"))
+    assert [e.sample_id for e in store.expected(task="ruCLEVR")] == [1, 2, 3]
+    assert store.status_counts() == {"ruCLEVR": {"ok": 1, "failed": 1, "missing": 1}, "WEIRD": {"missing": 1}}
+
+
+def test_replies_filter_by_task_split_and_status(store):
+    store.record(reply(1, "ok"))
+    store.record(reply(2, "failed", error="x"))
+    store.record(reply(5, "ok", task="WEIRD"))
+    store.record(Reply(sample_key="ruCLEVR/-/shots/9", task="ruCLEVR", domain=None, split="shots", sample_id=9,
+                       status="ok", content="D"))
+    assert [r.sample_id for r in store.replies(task="ruCLEVR", split="test")] == [1, 2]
+    assert sorted(r.sample_id for r in store.replies(status="ok", split="test")) == [1, 5]
+    assert [r.sample_id for r in store.replies(split="shots")] == [9]
+
+
+def test_a_committed_reply_survives_sigkill(tmp_path):
+    """record() returns only once the reply is committed: a process killed right after keeps it."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        from evaluator.schema import Reply
+        from evaluator.store import RunStore
+        store = RunStore.open({str(tmp_path)!r}, {CONFIG!r})
+        for i in range(50):
+            store.record(Reply(sample_key=f"ruCLEVR/-/test/{{i}}", task="ruCLEVR", domain=None, split="test",
+                               sample_id=i, status="ok", content=str(i)))
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, timeout=120)
+    assert proc.returncode == -9
+    store = RunStore.open_existing(tmp_path)
+    assert len(store.done_keys()) == 50 and store.get("ruCLEVR/-/test/49").content == "49"
+    store.close()
+
+
+def test_a_reader_sees_replies_while_the_writer_is_open(store, tmp_path):
+    """WAL: scoring or `report` can read a run that is still being written."""
+    store.record(reply(1))
+    reader = RunStore.open_existing(tmp_path / "run")
+    store.record(reply(2))
+    assert len(list(reader.replies())) == 2
+    reader.close()
+
+
+def test_media_are_stored_only_as_hashes(tmp_path):
+    """A sample with a 50 KB image: its base64 never reaches the store, only the request digest."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = (np.random.default_rng(0).random((128, 128, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    image = buf.getvalue()
+    sample = Sample(task="ruCLEVR", split="test", index=0, id=3, instruction="Изображение:<image>\n{question}",
+                    inputs={"question": "Сколько кубов?"}, media={"image": ImageMedia(image)}, outputs="2",
+                    meta={"id": 3})
+    request = build_request(sample, RequestOptions())
+    assert base64.b64encode(image).decode()[:64] in json.dumps(request.messages)  # it was sent ...
+    store = RunStore.open(tmp_path, CONFIG)
+    store.record(reply_for(sample, Outcome("ok", content="2", http_status=200, attempts=1), request))
+    store.close()
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith(STORE_FILE))
+    assert base64.b64encode(image)[:64] not in stored and b"base64," not in stored  # ... but never stored
+    row = sqlite3.connect(tmp_path / STORE_FILE).execute("SELECT body FROM replies").fetchone()[0]
+    assert json.loads(row)["request_digest"] == request.digest and len(row) < 2000
