@@ -1,0 +1,130 @@
+"""The runner in process against the loopback fault server: one queue across tasks, requests built
+off the event loop a bounded number ahead, bad samples recorded, progress reported, the model read
+from the endpoint, a run that starts before its endpoint is up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+
+from evaluator import runner as runner_module
+from evaluator.client import RetryPolicy
+from evaluator.data import DataSource
+from evaluator.requests import RequestOptions, SampleError, build_request
+from evaluator.runner import RunConfig, run
+from evaluator.schema import GenerationParams
+from evaluator.store import RunStore
+from tests.faults import FaultServer
+
+FAST = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, max_downtime_s=60)
+TASKS = ["WEIRD", "ruCLEVR", "ruEnvAQA"]  # 4 test samples each in the sample data
+
+
+def config(server: FaultServer, data_dir, out, **kw) -> RunConfig:
+    kw.setdefault("options", RequestOptions(params=GenerationParams(model="")))
+    return RunConfig(endpoints=[server.base_url], output=out, tasks=kw.pop("tasks", TASKS),
+                     source=DataSource(data_dir=data_dir), retry=FAST, **kw)
+
+
+async def test_one_queue_keeps_every_slot_busy_across_tasks(sample_data_dir, tmp_path):
+    """12 samples of 3 tasks, 8 slots: the server holds 8 at once, so tasks overlap (no per-task barrier)."""
+    with FaultServer(default="slow:0.3") as server:
+        summary = await run(config(server, sample_data_dir, tmp_path / "run", concurrency=8))
+        assert server.max_in_flight == 8 and server.chat_requests == 12
+    assert summary.sent == 12 and summary.errors == 0
+    assert {t: p.done for t, p in summary.progress.items()} == {t: 4 for t in TASKS}
+
+
+async def test_requests_are_built_in_worker_threads_a_bounded_number_ahead(sample_data_dir, tmp_path, monkeypatch):
+    built: list[str] = []
+    on_loop: list[str] = []
+    lock = threading.Lock()
+
+    def spy(sample, options):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(sample.key)  # base64 encoding on the event loop would stall every request
+        except RuntimeError:
+            pass
+        with lock:
+            built.append(sample.key)
+        return build_request(sample, options)
+
+    monkeypatch.setattr(runner_module, "build_request", spy)
+    ahead: list[int] = []
+    with FaultServer(default="slow:0.2") as server:
+        original = server._behave
+
+        async def watch(behaviour, payload, writer):
+            ahead.append(len(built) - server.chat_requests)  # built but not yet at the server
+            return await original(behaviour, payload, writer)
+
+        server._behave = watch
+        await run(config(server, sample_data_dir, tmp_path / "run", concurrency=2))
+    assert len(built) == 12 and not on_loop
+    assert max(ahead) <= 2  # never more encoded requests waiting than there are slots
+
+
+async def test_a_bad_sample_is_recorded_and_the_run_goes_on(sample_data_dir, tmp_path, monkeypatch):
+    def flaky(sample, options):
+        if sample.task == "ruCLEVR" and sample.index == 1:
+            raise SampleError(sample.key, "2 <image> placeholders but 1 image")
+        return build_request(sample, options)
+
+    monkeypatch.setattr(runner_module, "build_request", flaky)
+    with FaultServer() as server:
+        summary = await run(config(server, sample_data_dir, tmp_path / "run", concurrency=4))
+        assert server.chat_requests == 11
+    assert summary.errors == 1 and summary.progress["ruCLEVR"].errors == 1
+    store = RunStore.open_existing(tmp_path / "run")
+    (bad,) = store.replies(status="invalid_request")
+    assert bad.task == "ruCLEVR" and "placeholders" in bad.error and bad.content is None and bad.http_status is None
+
+
+async def test_progress_hooks_count_to_the_totals_and_resume_counts_skips(sample_data_dir, tmp_path):
+    seen: dict[str, tuple[int | None, int, int]] = {}
+
+    def on_progress(task, p):
+        seen[task] = (p.total, p.done, p.skipped)
+
+    with FaultServer() as server:
+        await run(config(server, sample_data_dir, tmp_path / "run", concurrency=4, limit=3), on_progress)
+        assert seen == {t: (3, 3, 0) for t in TASKS}
+        await run(config(server, sample_data_dir, tmp_path / "run", concurrency=4), on_progress)  # limit lifted
+        assert seen == {t: (4, 1, 3) for t in TASKS}
+        assert server.chat_requests == 12 and len(server.per_prompt) == 12
+
+
+async def test_the_model_comes_from_the_endpoint_when_not_given(sample_data_dir, tmp_path):
+    with FaultServer() as server:
+        await run(config(server, sample_data_dir, tmp_path / "run", tasks=["WEIRD"]))
+        assert {b["model"] for b in server.bodies} == {"fault-model"}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["model"] == "fault-model"
+
+
+async def test_a_run_started_before_its_endpoint_waits_for_it(sample_data_dir, tmp_path):
+    server = FaultServer()
+    try:
+        asyncio.get_running_loop().call_later(1.0, server.start)
+        cfg = config(server, sample_data_dir, tmp_path / "run", tasks=["WEIRD"])
+        client_poll = runner_module.ChatClient.__init__.__kwdefaults__["health_poll_s"]
+        summary = await asyncio.wait_for(run(cfg), timeout=client_poll * 10 + 30)
+        assert summary.sent == 4 and summary.errors == 0
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("retry_errors, resent", [(False, 0), (True, 1)])
+async def test_recorded_failures_are_resent_only_with_retry_errors(sample_data_dir, tmp_path, retry_errors, resent):
+    with FaultServer(script=["400"]) as server:
+        first = await run(config(server, sample_data_dir, tmp_path / "run", tasks=["WEIRD"], concurrency=1))
+    assert first.errors == 1
+    with FaultServer() as server:
+        again = await run(config(server, sample_data_dir, tmp_path / "run", tasks=["WEIRD"], retry_errors=retry_errors))
+        assert server.chat_requests == resent
+    assert again.progress["WEIRD"].skipped == 4 - resent
+    statuses = {r.status for r in RunStore.open_existing(tmp_path / "run").replies()}
+    assert statuses == ({"ok"} if retry_errors else {"ok", "invalid_request"})
