@@ -128,3 +128,46 @@ async def test_recorded_failures_are_resent_only_with_retry_errors(sample_data_d
     assert again.progress["WEIRD"].skipped == 4 - resent
     statuses = {r.status for r in RunStore.open_existing(tmp_path / "run").replies()}
     assert statuses == ({"ok"} if retry_errors else {"ok", "invalid_request"})
+
+
+# The sample files MERA's scripts/log_to_submission.py (@0f32158) looks for: `samples_<name>_*.json*`
+# for each of these names, newest first by the timestamp after the last "_" (%Y-%m-%dT%H-%M-%S.%f).
+MERA_SAMPLE_FILES = [
+    "unisciencevqa_applied_sciences", "unisciencevqa_business", "unisciencevqa_cultural_studies",
+    "unisciencevqa_fundamental_sciences", "unisciencevqa_social_sciences", "unisciencevqa_health_and_medicine",
+    "schoolsciencevqa_biology", "schoolsciencevqa_chemistry", "schoolsciencevqa_physics",
+    "schoolsciencevqa_earth_science", "schoolsciencevqa_history_all", "schoolsciencevqa_history_ru",
+    "schoolsciencevqa_economics", "runaturalsciencevqa_biology", "runaturalsciencevqa_chemistry",
+    "runaturalsciencevqa_physics", "runaturalsciencevqa_earth_science", "ruhhh_image", "weird", "ruclevr",
+    "rucommonvqa", "realvqa", "rumathvqa", "labtabvqa", "aquaria", "ruenvaqa", "realvideoqa", "ruhhh_video",
+    "commonvideoqa", "rutie_vision", "rutie_audio", "ruslun",
+]  # fmt: skip
+
+
+async def test_exports_are_what_meras_log_to_submission_reads_and_carry_no_media(sample_data_dir, tmp_path):
+    from datetime import datetime
+
+    from evaluator.export import TIMESTAMP_FORMAT
+
+    out = tmp_path / "run"
+    with FaultServer(answers=["ОТВЕТ B"]) as server:
+        summary = await run(config(server, sample_data_dir, out, tasks=None, concurrency=16, rutie_history=2))
+    assert summary.errors == 0
+    store = RunStore.open_existing(out)
+    ids_in_store = {(r.task, r.domain, r.sample_id) for r in store.replies()}
+    exported = 0
+    for name in MERA_SAMPLE_FILES:
+        files = list((out / "samples").glob(f"samples_{name}_*.json*"))
+        assert len(files) == 1, name
+        stamp = files[0].name.split(".json")[0].split("_")[-1]
+        datetime.strptime(stamp, TIMESTAMP_FORMAT)
+        text = files[0].read_text(encoding="utf-8")
+        assert "base64" not in text and "data:" not in text  # prompts logged as text, media stripped
+        for line in text.splitlines():
+            doc = json.loads(line)
+            meta = doc["doc"]["meta"]
+            doc_id = meta["id"] if "id" in meta else meta["question_id"] + 500 * meta["dialog_id"] + 11
+            assert isinstance(doc_id, int) and doc["filtered_resps"][0] == "ОТВЕТ B"
+            assert isinstance(doc["arguments"][0][0], str) and doc["doc_id"] in {i for *_, i in ids_in_store}
+            exported += 1
+    assert exported == len(ids_in_store) == server.chat_requests
