@@ -10,11 +10,11 @@ import zipfile
 import pytest
 
 from evaluator.registry import TASKS
-from tests.server_process import PROJECT_ROOT, test_env
+from tests.server_process import PROJECT_ROOT, child_env
 
 
 def mera_eval(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evaluator.cli", *map(str, args)], cwd=PROJECT_ROOT, env=test_env(),
+    return subprocess.run([sys.executable, "-m", "evaluator.cli", *map(str, args)], cwd=PROJECT_ROOT, env=child_env(),
                           capture_output=True, text=True, timeout=900)
 
 
