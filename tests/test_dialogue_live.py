@@ -161,3 +161,28 @@ def test_killed_mid_dialogue_resumes_at_the_first_missing_turn_with_stored_answe
     position = {k: (r.task, r.meta["dialog_id"], r.meta["question_id"]) for k, r in after.items()}
     continued = [k for k in resent if position[k][2] > 0 and (*position[k][:2], position[k][2] - 1) in turns]
     assert continued, "no resumed turn continued a dialogue from an answer stored before the kill"
+
+
+def test_a_history_over_the_servers_media_limit_is_reported_with_turn_and_fix(dev_server, tmp_path, sent):
+    # 8-turn dialogues, history 7: turn q carries min(q, 7) + 1 clips; the dev server admits 6 per request.
+    # The client is told a higher limit, so the server's own refusal (the guard's 400) is what gets reported.
+    from evaluator.sample_data import write_sample_data
+
+    data = write_sample_data(tmp_path / "data", per_split=8, tasks=["ruTiE-Audio"])
+    out = tmp_path / "run"
+    argv = ["run", "--endpoint", dev_server.base_url, "--api-key", dev_server.api_key, "--data-dir", str(data),
+            "--output", str(out), "--tasks", "ruTiE-Audio", "--rutie-history", "7", "--max-tokens", "8",
+            "--extra-body", json.dumps(LETTER_ONLY), "--concurrency", "2", "--mm-limits", '{"audio": 20}']
+    run_in_process(argv)
+    replies = {(r.meta["dialog_id"], r.meta["question_id"]): r for r in RunStore.open_existing(out).replies()}
+    assert len(replies) == 16
+    for (d, q), reply in sorted(replies.items()):
+        if q <= 5:
+            assert reply.status == "ok", reply.error
+            continue
+        assert reply.status == "invalid_request" and reply.http_status == 400
+        assert reply.error.startswith(f"ruTiE-Audio dialogue {d} turn {q} with {q} earlier turns does not fit")
+        assert "shorter --rutie-history" in reply.error and "accepts at most 6" in reply.error
+    # the refused turn is the fallback in the next turn's history
+    turn7 = next(r for r in sent if r.sample_key == replies[(0, 7)].sample_key)
+    assert [m["content"][0]["text"] for m in turn7.messages if m["role"] == "assistant"][-1] == "-1"
