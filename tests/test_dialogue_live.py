@@ -186,3 +186,18 @@ def test_a_history_over_the_servers_media_limit_is_reported_with_turn_and_fix(de
     # the refused turn is the fallback in the next turn's history
     turn7 = next(r for r in sent if r.sample_key == replies[(0, 7)].sample_key)
     assert [m["content"][0]["text"] for m in turn7.messages if m["role"] == "assistant"][-1] == "-1"
+
+
+def test_a_turn_over_the_context_length_is_reported_with_turn_and_fix(dev_server, sample_data_dir, tmp_path):
+    # A system prompt alone longer than the dev server's max_model_len (10000): vLLM's own 400 for every turn.
+    out = tmp_path / "run"
+    argv = ["run", "--endpoint", dev_server.base_url, "--api-key", dev_server.api_key, "--data-dir",
+            str(sample_data_dir), "--output", str(out), "--tasks", "ruTiE-Image", "--limit", "2",
+            "--rutie-history", "2", "--max-tokens", "8", "--system-prompt", "слово " * 12000]
+    run_in_process(argv)
+    replies = sorted(RunStore.open_existing(out).replies(), key=lambda r: r.meta["question_id"])
+    assert [(r.meta["dialog_id"], r.meta["question_id"]) for r in replies] == [(0, 0), (0, 1)]
+    for q, reply in enumerate(replies):
+        assert reply.status == "invalid_request" and reply.http_status == 400
+        assert reply.error.startswith(f"ruTiE-Image dialogue 0 turn {q} with {q} earlier turns does not fit")
+        assert "shorter --rutie-history" in reply.error and "maximum context length" in reply.error
