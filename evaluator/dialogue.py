@@ -19,6 +19,19 @@ As the official code does it (MERA_MULTIMODAL @0f32158 `multimodal_tasks/rutie_*
 Turns of one dialogue run strictly in order; dialogues run in parallel with each other and with the
 rest of the run. A resumed run takes earlier answers from the store and continues at the first
 missing turn.
+
+Where we differ from, or pin down, the official code (checked against the fork
+`artemorloff/lm-evaluation-harness@adding_strict_chat_format_support`, tests/test_dialogue.py):
+- history is chosen by question id (`q - history <= p < q`, same dialogue); the official sampler
+  slices the sorted split by position (`docs[max(500*d, 500*d + q - n) : 500*d + q]`), which is the
+  same for complete 500-turn dialogues and wrong for partial ones (sample data, `--limit`);
+- `min_id` is taken over the samples being run (the official one over the whole split: the same
+  unless `--limit` drops the smallest id); the `+ 11` of the submission id is hard-coded upstream,
+  so it equals `meta.id` only when the split's smallest id is 11, as on the hub;
+- a turn that errored (or was refused as too big) counts as the fallback `-1` in later histories;
+  `--retry-errors` re-sends it but does not re-run later turns that already have answers;
+- the official storage is one dict shared by both ruTiE tasks and cleared at question 499; keeping
+  the answers per dialogue gives the same prompts for complete dialogues.
 """
 
 from __future__ import annotations
