@@ -24,7 +24,7 @@ Where we differ from, or pin down, the official code (checked against the fork
 `artemorloff/lm-evaluation-harness@adding_strict_chat_format_support`, tests/test_dialogue.py):
 - history is chosen by question id (`q - history <= p < q`, same dialogue); the official sampler
   slices the sorted split by position (`docs[max(500*d, 500*d + q - n) : 500*d + q]`), which is the
-  same for complete 500-turn dialogues and wrong for partial ones (sample data, `--limit`);
+  same for complete 500-turn dialogues (the hub's) and wrong for shorter ones (our sample data);
 - `min_id` is taken over the samples being run (the official one over the whole split: the same
   unless `--limit` drops the smallest id); the `+ 11` of the submission id is hard-coded upstream,
   so it equals `meta.id` only when the split's smallest id is 11, as on the hub;
