@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -54,6 +55,8 @@ class RunStore:
     def __init__(self, conn: sqlite3.Connection, run_dir: Path) -> None:
         self._conn = conn
         self.run_dir = run_dir
+        # One connection, used from the event loop and from the thread that streams the dataset.
+        self._lock = threading.RLock()
 
     # --- opening --------------------------------------------------------------------------------
     @classmethod
@@ -99,14 +102,23 @@ class RunStore:
     # --- writing --------------------------------------------------------------------------------
     def expect(self, samples: Iterable[ExpectedSample | tuple]) -> None:
         rows = [tuple(s) for s in samples]
-        with self._conn:
+        with self._lock:
             self._conn.execute("BEGIN")
-            self._conn.executemany("INSERT OR IGNORE INTO expected VALUES (?, ?, ?, ?, ?)", rows)
+            try:
+                self._conn.executemany("INSERT OR IGNORE INTO expected VALUES (?, ?, ?, ?, ?)", rows)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def record(self, reply: Reply) -> None:
         """Upsert one reply and commit it (autocommit): it is on disk when this returns."""
         if reply.created_at is None:
             reply = reply.model_copy(update={"created_at": time.time()})
+        with self._lock:
+            self._record(reply)
+
+    def _record(self, reply: Reply) -> None:
         self._conn.execute(
             "INSERT INTO replies VALUES (?, ?, ?, ?, ?) ON CONFLICT(sample_key) DO UPDATE SET "
             "status=excluded.status, body=excluded.body, updated_at=excluded.updated_at",
@@ -116,18 +128,22 @@ class RunStore:
                            (reply.sample_key, reply.task, reply.domain, reply.split, reply.sample_id))
 
     # --- reading --------------------------------------------------------------------------------
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(args)).fetchall()
+
     def run_config(self) -> dict[str, Any]:
-        row = self._conn.execute("SELECT value FROM run WHERE key='config'").fetchone()
-        return json.loads(row[0]) if row else {}
+        rows = self._query("SELECT value FROM run WHERE key='config'")
+        return json.loads(rows[0][0]) if rows else {}
 
     def done_keys(self, include_errors: bool = False) -> set[str]:
         """Keys that need no re-send: ok replies, plus recorded failures unless they are to be retried."""
         sql = "SELECT sample_key FROM replies" + ("" if include_errors else " WHERE status='ok'")
-        return {r[0] for r in self._conn.execute(sql)}
+        return {r[0] for r in self._query(sql)}
 
     def get(self, sample_key: str) -> Reply | None:
-        row = self._conn.execute("SELECT body FROM replies WHERE sample_key=?", (sample_key,)).fetchone()
-        return Reply.model_validate_json(row[0]) if row else None
+        rows = self._query("SELECT body FROM replies WHERE sample_key=?", (sample_key,))
+        return Reply.model_validate_json(rows[0][0]) if rows else None
 
     def replies(self, task: str | None = None, split: str | None = None, status: str | None = None) -> Iterator[Reply]:
         sql, args = "SELECT body FROM replies WHERE 1=1", []
@@ -135,7 +151,7 @@ class RunStore:
             sql, args = sql + " AND task=?", [*args, task]
         if status:
             sql, args = sql + " AND status=?", [*args, status]
-        for (body,) in self._conn.execute(sql + " ORDER BY sample_key", args).fetchall():
+        for (body,) in self._query(sql + " ORDER BY sample_key", args):
             reply = Reply.model_validate_json(body)
             if split is None or reply.split == split:
                 yield reply
@@ -146,16 +162,16 @@ class RunStore:
             sql, args = sql + " AND task=?", [*args, task]
         if split:
             sql, args = sql + " AND split=?", [*args, split]
-        for row in self._conn.execute(sql + " ORDER BY task, domain, sample_id", args).fetchall():
+        for row in self._query(sql + " ORDER BY task, domain, sample_id", args):
             yield ExpectedSample(*row)
 
     def status_counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
-        for task, in self._conn.execute("SELECT DISTINCT task FROM expected"):
+        for (task,) in self._query("SELECT DISTINCT task FROM expected"):
             counts.setdefault(task, {})
-        for task, status, n in self._conn.execute("SELECT task, status, count(*) FROM replies GROUP BY task, status"):
+        for task, status, n in self._query("SELECT task, status, count(*) FROM replies GROUP BY task, status"):
             counts.setdefault(task, {})[status] = n
-        for task, n in self._conn.execute(
+        for task, n in self._query(
             "SELECT e.task, count(*) FROM expected e LEFT JOIN replies r USING(sample_key) "
             "WHERE r.sample_key IS NULL GROUP BY e.task"
         ):

@@ -19,13 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"evaluator.cli.{name}")
-        except ModuleNotFoundError as exc:  # TODO(integration): remove once all modules exist
-            if exc.name != f"evaluator.cli.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"evaluator.cli.{name}").add_parser(sub)
     return parser
 
 
