@@ -72,6 +72,11 @@ def vllm_argv(settings: ServerSettings, model: str | None = None) -> list[str]:
         argv += ["--download-dir", str(s.download_dir)]
     if s.guard.enabled:
         argv += ["--middleware", GUARD_MIDDLEWARE]
+        if not s.judge:
+            # Backstop: the guard inlines allowed remote media as data URLs, so vLLM itself never needs to
+            # fetch; on routes the guard does not parse, vLLM refuses any URL outside these hosts.
+            exact = [h for h in s.guard.allowed_media_hosts if not h.startswith("*")]
+            argv += ["--allowed-media-domains", *(exact or ["guard-inlines-media.invalid"])]
     return argv + list(s.extra_args)
 
 
@@ -86,6 +91,8 @@ def vllm_env(settings: ServerSettings, base: dict[str, str] | None = None) -> di
         guard = guard.model_copy(update={"limit_mm_per_prompt": dict(settings.limit_mm_per_prompt)})
     env.update(guard.to_env())
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    if settings.guard.enabled:
+        env.setdefault("VLLM_MEDIA_URL_ALLOW_REDIRECTS", "0")
     if settings.dev:
         cache = settings.cache_dir
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
