@@ -183,11 +183,11 @@ class Runner:
             self._tick(spec.name)
         queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=self.config.concurrency * 2)
         workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.config.concurrency)]
-        dialogue_jobs = []
+        # Dialogues are long sequential chains: start them first so they never end up the tail of the run.
+        dialogue_jobs = [asyncio.create_task(self._run_dialogue(spec)) for spec in specs if spec.dialogue]
         try:
             for spec in specs:
                 if spec.dialogue:
-                    dialogue_jobs.append(asyncio.create_task(self._run_dialogue(spec)))
                     continue
                 iterator = self._pending(spec)
                 while (sample := await asyncio.to_thread(next, iterator, None)) is not None:
