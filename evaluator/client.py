@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
-from evaluator.schema import ChatRequest, Modality
+from evaluator.schema import ChatRequest
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
@@ -171,6 +171,9 @@ class ChatClient:
         for endpoint in self.endpoints:
             try:
                 reply = await self._http.get(endpoint.url + "/v1/models", timeout=30)
+                if reply.status_code in (401, 403):  # say so: "pass --model" would not help here
+                    raise ConnectionError(f"{endpoint.url}/v1/models answered {reply.status_code} "
+                                          f"({error_message(reply)}): check --api-key / MERA_API_KEY")
                 reply.raise_for_status()
                 return reply.json()["data"][0]["id"]
             except (httpx.HTTPError, KeyError, IndexError, ValueError):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import PROJECT_ROOT, ServerProcess, start_server
+from tests.server_process import PROJECT_ROOT, start_server
 
 DEV_ARGS = ["--dev"]
 

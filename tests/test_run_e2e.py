@@ -16,7 +16,7 @@ import pytest
 from evaluator.registry import TASKS
 from evaluator.store import RunStore
 from tests.faults import FaultServer
-from tests.server_process import PROJECT_ROOT, start_server, child_env
+from tests.server_process import PROJECT_ROOT, child_env, start_server
 
 
 def mera_eval(*args, **kwargs) -> subprocess.CompletedProcess:
