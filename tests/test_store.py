@@ -148,3 +148,35 @@ def test_media_are_stored_only_as_hashes(tmp_path):
     assert base64.b64encode(image)[:64] not in stored and b"base64," not in stored  # ... but never stored
     row = sqlite3.connect(tmp_path / STORE_FILE).execute("SELECT body FROM replies").fetchone()[0]
     assert json.loads(row)["request_digest"] == request.digest and len(row) < 2000
+
+
+def test_writes_from_several_threads_do_not_collide(store):
+    """The runner registers samples from a data thread while the event loop records replies and a
+    dialogue task registers its own: one connection, so writes must not nest transactions."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def expect_many(task: str) -> None:
+        try:
+            for i in range(300):
+                store.expect([ExpectedSample(f"{task}/-/test/{i}", task, None, "test", i)])
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+
+    def record_many() -> None:
+        try:
+            for i in range(300):
+                store.record(reply(i, "ok", task="WEIRD"))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=expect_many, args=(t,)) for t in ("ruCLEVR", "ruTiE-Image")]
+    threads.append(threading.Thread(target=record_many))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    counts = store.status_counts()
+    assert counts["ruCLEVR"] == {"missing": 300} and counts["WEIRD"] == {"ok": 300}
