@@ -129,6 +129,8 @@ class Runner:
         self.progress: dict[str, TaskProgress] = {}
         self.sent = 0
         self._done = store.done_keys(include_errors=not config.retry_errors)
+        # Failures kept from an earlier invocation still count as errors (progress, summary, exit status).
+        self._kept_errors = self._done - store.done_keys()
 
     def _tick(self, task: str) -> None:
         if self.on_progress:
@@ -172,6 +174,7 @@ class Runner:
             self.store.expect([ExpectedSample(sample.key, sample.task, sample.domain, sample.split, sample.id)])
             if sample.key in self._done:
                 self.progress[spec.name].skipped += 1
+                self.progress[spec.name].errors += sample.key in self._kept_errors
                 continue
             yield sample
 

@@ -126,6 +126,7 @@ async def test_recorded_failures_are_resent_only_with_retry_errors(sample_data_d
         again = await run(config(server, sample_data_dir, tmp_path / "run", tasks=["WEIRD"], retry_errors=retry_errors))
         assert server.chat_requests == resent
     assert again.progress["WEIRD"].skipped == 4 - resent
+    assert again.errors == 1 - resent  # a failure kept in the store still counts (exit status, summary)
     statuses = {r.status for r in RunStore.open_existing(tmp_path / "run").replies()}
     assert statuses == ({"ok"} if retry_errors else {"ok", "invalid_request"})
 
