@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--endpoint", help="Use this running server for part a instead of starting mera-serve --dev.")
     parser.add_argument("--api-key")
     args = parser.parse_args()
-    print(json.dumps({"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="minutes")}),
+    print(json.dumps({"machine": machine(), "date": datetime.now(UTC).isoformat(timespec="minutes")}),
           flush=True)
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="mera-bench-") as tmp:

@@ -12,6 +12,7 @@ It counts requests per distinct message list (media included) so tests can prove
 sent twice. `stop()`/`start()` take it off the network and back, as a crashed server would be;
 `healthy = False` makes `/health` answer 503 (a server that is up but not ready).
 
+With `keep_bodies=False` and only "ok", it answers without even parsing the body (benchmark echo).
 Standalone (an instantly answering echo endpoint for bench/, in its own process):
     python -m tests.faults --port 8123
 """

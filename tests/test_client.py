@@ -10,7 +10,14 @@ import time
 import httpx
 import pytest
 
-from evaluator.client import RETRY_STATUSES, ChatClient, Endpoint, RetryPolicy, error_message, parse_retry_after
+from evaluator.client import (
+    RETRY_STATUSES,
+    ChatClient,
+    Endpoint,
+    RetryPolicy,
+    error_message,
+    parse_retry_after,
+)
 from evaluator.schema import ChatRequest, GenerationParams
 from tests.faults import FaultServer
 

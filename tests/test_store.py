@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
+from evaluator.client import Outcome
 from evaluator.requests import RequestOptions, build_request
 from evaluator.runner import reply_for
-from evaluator.client import Outcome
 from evaluator.schema import ImageMedia, Reply, Sample
 from evaluator.store import CONFIG_FILE, STORE_FILE, ExpectedSample, RunStore, StoreError
 from tests.server_process import PROJECT_ROOT
