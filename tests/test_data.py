@@ -138,14 +138,14 @@ def test_streaming_memory_does_not_grow_with_the_dataset(tmp_path):
     base_arrow = pa.total_allocated_bytes()
     tracemalloc.start()
     try:
-        arrow_peak, n = 0, 0
-        for sample in iter_samples(TASKS["ruCLEVR"], "test", source):
-            n += 1
+        arrow_peak, n, last = 0, 0, None
+        for item in iter_samples(TASKS["ruCLEVR"], "test", source):
+            n, last = n + 1, item
             arrow_peak = max(arrow_peak, pa.total_allocated_bytes() - base_arrow)
         _, python_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert n == 2000 and len(sample.media["image"].data) == 16_000
+    assert n == 2000 and len(last.media["image"].data) == 16_000
     assert python_peak < 4_000_000, python_peak  # a batch of rows, not the dataset
     assert arrow_peak < 10_000_000, arrow_peak  # a few row groups (1.6 MB each), not the 32 MB file
 

@@ -97,7 +97,7 @@ def test_video_frames_evenly_sampled_first_and_last_included():
 
 
 def test_broken_video_raises_for_frame_sampling():
-    with pytest.raises(Exception):
+    with pytest.raises(av.error.FFmpegError):
         media.video_frames_png(b"not a video", 2)
 
 
