@@ -110,12 +110,18 @@ def history_text(sample: Sample, history_format: HistoryFormat) -> str:
 
 
 def build_turn_messages(turn: Turn, history: list[tuple[Turn, str]], options: RequestOptions,
-                        history_format: HistoryFormat = "official") -> list[dict[str, Any]]:
+                        history_format: HistoryFormat = "official",
+                        encoded: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """`encoded` caches each earlier turn's user parts across the turns of one dialogue, so a turn's
+    media are base64-encoded once, not once per later turn that replays it."""
+    encoded = {} if encoded is None else encoded
     messages: list[dict[str, Any]] = []
     if options.system_prompt:
         messages.append({"role": "system", "content": options.system_prompt})
     for past, letter in history:
-        messages.append({"role": "user", "content": user_content(past.sample, options, history_text(past.sample, history_format))})
+        if past.sample.key not in encoded:
+            encoded[past.sample.key] = user_content(past.sample, options, history_text(past.sample, history_format))
+        messages.append({"role": "user", "content": encoded[past.sample.key]})
         messages.append({"role": "assistant", "content": [{"type": "text", "text": letter}]})
     messages.append({"role": "user", "content": user_content(turn.sample, options, current_text(turn.sample))})
     return messages
@@ -144,6 +150,7 @@ async def run_dialogue(spec: TaskSpec, turns: list[Turn], ctx: DispatchContext) 
     history_len = ctx.config.rutie_history
     fmt: HistoryFormat = ctx.config.rutie_history_format
     answers: dict[int, str] = {}  # question_id -> the model's letter
+    encoded: dict[str, list[dict[str, Any]]] = {}  # earlier turns' user parts, encoded once
     done = ctx.store.done_keys(include_errors=not ctx.config.retry_errors)
     for turn in turns:
         sample = turn.sample
@@ -154,18 +161,20 @@ async def run_dialogue(spec: TaskSpec, turns: list[Turn], ctx: DispatchContext) 
             continue
         history = [(p, answers.get(p.question_id, FALLBACK)) for p in turns
                    if turn.question_id - history_len <= p.question_id < turn.question_id]
-        reply = await _send_turn(spec, turn, history, ctx, fmt)
+        in_window = {p.sample.key for p, _ in history}
+        encoded = {k: v for k, v in encoded.items() if k in in_window}  # keep only what later turns replay
+        reply = await _send_turn(spec, turn, history, ctx, fmt, encoded)
         answers[turn.question_id] = answer_letter(reply.content if reply.status == "ok" else None)
 
 
 async def _send_turn(spec: TaskSpec, turn: Turn, history: list[tuple[Turn, str]], ctx: DispatchContext,
-                     fmt: HistoryFormat) -> Reply:
+                     fmt: HistoryFormat, encoded: dict[str, list[dict[str, Any]]]) -> Reply:
     sample = turn.sample.model_copy(update={"meta": {**turn.sample.meta, "question_id": turn.question_id,
                                                      "dialog_id": turn.dialog_id, "submission_id": turn.submission_id}})
     where = f"{spec.name} dialogue {turn.dialog_id} turn {turn.question_id}"
     fix = "run with a shorter --rutie-history"
     try:
-        messages = await asyncio.to_thread(build_turn_messages, turn, history, ctx.options, fmt)
+        messages = await asyncio.to_thread(build_turn_messages, turn, history, ctx.options, fmt, encoded)
     except SampleError as exc:
         return ctx.record_error(sample, f"{where}: {exc.problem}")
     problem = over_limit(media_counts(messages), ctx.config.mm_limits)
