@@ -158,6 +158,7 @@ async def run_dialogue(spec: TaskSpec, turns: list[Turn], ctx: DispatchContext) 
             stored = ctx.store.get(sample.key)
             answers[turn.question_id] = answer_letter(stored.content if stored and stored.status == "ok" else None)
             ctx.progress[spec.name].skipped += 1
+            ctx.progress[spec.name].errors += bool(stored and stored.status != "ok")  # kept failures still count
             continue
         history = [(p, answers.get(p.question_id, FALLBACK)) for p in turns
                    if turn.question_id - history_len <= p.question_id < turn.question_id]
