@@ -202,3 +202,11 @@ def results_summary(results: Results) -> dict:
     """Compact {split: {multi, boards}} for logs and tests."""
     return {name: {"multi": s.aggregate.multi, "boards": {b: v.score for b, v in s.aggregate.boards.items()}}
             for name, s in results.splits.items()}
+
+
+def publish(results: Results, run_dir: Path, ref: ReferenceEntry | None, console: Console) -> dict[str, Path]:
+    """Write every report file for a run and print its table (what `score` and `report` both end with)."""
+    paths = write_reports(results, run_dir, ref)
+    print_table(results, ref, console)
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return paths

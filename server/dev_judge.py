@@ -10,8 +10,9 @@ real `/classify` route. Labels are random: tests assert the protocol, never the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from server.dev_model import cached_build
 
 # Bump when the builder changes so cached checkpoints are rebuilt.
 BUILDER_VERSION = 2
@@ -20,16 +21,6 @@ STAMP_FILE = "mera_dev_judge.json"
 # The real judge truncates at 8192 tokens; the stand-in accepts as much so truncation paths run.
 MAX_POSITIONS = 8192
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def is_built(out_dir: Path) -> bool:
-    stamp = Path(out_dir) / STAMP_FILE
-    if not stamp.is_file():
-        return False
-    try:
-        return json.loads(stamp.read_text()).get("builder_version") == BUILDER_VERSION
-    except ValueError:
-        return False
 
 
 def _vocab() -> list[str]:
@@ -45,14 +36,14 @@ def _vocab() -> list[str]:
 
 def build_tiny_judge(out_dir: Path, *, force: bool = False) -> Path:
     """Write the checkpoint to `out_dir` (under 2 MB, a few seconds) unless it is already there."""
-    out_dir = Path(out_dir)
-    if is_built(out_dir) and not force:
-        return out_dir
+    return cached_build(out_dir, _build, stamp_file=STAMP_FILE, version=BUILDER_VERSION, force=force)
+
+
+def _build(out_dir: Path) -> None:
     # Heavy imports only when actually building.
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     vocab = _vocab()
     tokenizer = BertTokenizerFast(vocab={tok: i for i, tok in enumerate(vocab)}, do_lower_case=False,
                                   strip_accents=False, model_max_length=MAX_POSITIONS)
@@ -67,8 +58,6 @@ def build_tiny_judge(out_dir: Path, *, force: bool = False) -> Path:
     torch.manual_seed(0)
     model = BertForSequenceClassification(config).eval()
     model.save_pretrained(out_dir, safe_serialization=True)
-    (out_dir / STAMP_FILE).write_text(json.dumps({"builder_version": BUILDER_VERSION}) + "\n")
-    return out_dir
 
 
 if __name__ == "__main__":  # python -m server.dev_judge OUT_DIR

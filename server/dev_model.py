@@ -9,11 +9,11 @@ Outputs are random bytes: tests assert structure, never text.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # Bump when the builder changes so cached checkpoints are rebuilt.
@@ -51,14 +51,39 @@ def default_template_path() -> Path:
     return Path(__file__).resolve().parent.parent / "chat_templates" / "gemma4_mera.jinja"
 
 
-def is_built(out_dir: Path) -> bool:
-    stamp = out_dir / STAMP_FILE
+def is_built(out_dir: Path, stamp_file: str = STAMP_FILE, version: int = BUILDER_VERSION) -> bool:
+    stamp = Path(out_dir) / stamp_file
     if not stamp.is_file():
         return False
     try:
-        return json.loads(stamp.read_text()).get("builder_version") == BUILDER_VERSION
+        return json.loads(stamp.read_text()).get("builder_version") == version
     except ValueError:
         return False
+
+
+def cached_build(out_dir: Path, build: Callable[[Path], None], *, stamp_file: str, version: int,
+                 force: bool = False) -> Path:
+    """Run `build(tmp_dir)` and move the result to `out_dir`, unless a build of this version is there.
+
+    Several test sessions may start at once on a fresh clone: one builds (under a file lock, into its
+    own temporary folder), the others wait and reuse it."""
+    out_dir = Path(out_dir)
+    if is_built(out_dir, stamp_file, version) and not force:
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_built(out_dir, stamp_file, version) and not force:  # built by another process meanwhile
+            return out_dir
+        tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+        try:
+            build(tmp)
+            (tmp / stamp_file).write_text(json.dumps({"builder_version": version}) + "\n")
+            shutil.rmtree(out_dir, ignore_errors=True)
+            tmp.rename(out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
 
 
 def _vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -76,33 +101,9 @@ def _vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 def build_tiny_gemma4(out_dir: Path, *, template: Path | None = None, force: bool = False) -> Path:
     """Write the checkpoint to `out_dir` (about 4 MB, a few seconds) unless it is already there."""
-    out_dir = Path(out_dir)
-    if is_built(out_dir) and not force:
-        return out_dir
     template_text = (template or default_template_path()).read_text(encoding="utf-8")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with build_lock(out_dir):
-        if is_built(out_dir) and not force:  # another process built it while we waited
-            return out_dir
-        tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-        try:
-            _build(tmp, template_text)
-            shutil.rmtree(out_dir, ignore_errors=True)
-            tmp.rename(out_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
-@contextlib.contextmanager
-def build_lock(out_dir: Path):
-    """Several test sessions may start at once on a fresh clone: one builds, the others wait."""
-    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return cached_build(out_dir, lambda tmp: _build(tmp, template_text), stamp_file=STAMP_FILE,
+                        version=BUILDER_VERSION, force=force)
 
 
 def _build(tmp: Path, template_text: str) -> None:
@@ -205,7 +206,6 @@ def _build(tmp: Path, template_text: str) -> None:
         eos_token_id=[tok.eos_token_id, ids["eot_token"], ids["str_token"]],
         pad_token_id=tok.pad_token_id,
     ).save_pretrained(tmp)
-    (tmp / STAMP_FILE).write_text(json.dumps({"builder_version": BUILDER_VERSION, "vocab_size": n_vocab}))
 
 
 if __name__ == "__main__":  # python -m server.dev_model DIR

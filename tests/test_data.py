@@ -153,7 +153,6 @@ def test_streaming_memory_does_not_grow_with_the_dataset(tmp_path):
 def test_hub_path_through_datasets_yields_the_same_samples(sample_data_dir, monkeypatch):
     """`datasets.load_dataset(..., streaming=True)` on the hub-format snapshot (a local folder in place of the
     hub id, nothing downloaded) gives the same samples as the local parquet reader."""
-    pytest.importorskip("datasets")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     for name in ("ruCLEVR", "UniScienceVQA", "AQUARIA", "CommonVideoQA"):

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from evaluator.reference import get_reference
-from evaluator.report import RESULTS_FILE, load_results, print_table, write_reports
+from evaluator.report import RESULTS_FILE, load_results, publish
 from evaluator.scoring import ScoreOptions, score_run
 from evaluator.store import StoreError
 
@@ -32,7 +32,5 @@ def run(args) -> int:
     except (StoreError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    paths = write_reports(results, args.run_dir, ref)
-    print_table(results, ref, console)
-    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    publish(results, args.run_dir, ref, console)
     return 0

@@ -10,7 +10,7 @@ from rich.console import Console
 from evaluator.judge import DEFAULT_JUDGE_MODEL, JudgeConfig
 from evaluator.metrics import DEFAULT_EM, EM_KINDS
 from evaluator.reference import get_reference
-from evaluator.report import print_table, write_reports
+from evaluator.report import publish
 from evaluator.scoring import ScoreOptions, score_run
 from evaluator.store import StoreError
 
@@ -49,7 +49,5 @@ def run(args) -> int:
     except (StoreError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    paths = write_reports(results, args.run_dir, ref)
-    print_table(results, ref, console)
-    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    publish(results, args.run_dir, ref, console)
     return 0
