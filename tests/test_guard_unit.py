@@ -52,6 +52,10 @@ async def stream(request: Request) -> StreamingResponse:
     return StreamingResponse(chunks(), media_type="text/event-stream")
 
 
+# vLLM's GET routes that must need the key (only /health stays open).
+KEYED_GET_PATHS = ("/metrics", "/version", "/docs", "/openapi.json", "/ping", "/load", "/v1/models",
+                   "/is_scaling_elastic_ep")
+
 ROUTES = [
     Route("/v1/chat/completions", echo, methods=["POST"]),
     Route("/invocations", echo, methods=["POST"]),
@@ -59,17 +63,7 @@ ROUTES = [
     Route("/v1/stream", stream, methods=["POST"]),
 ] + [
     Route(p, plain)
-    for p in (
-        "/health",
-        "/metrics",
-        "/version",
-        "/docs",
-        "/openapi.json",
-        "/ping",
-        "/load",
-        "/v1/models",
-        "/is_scaling_elastic_ep",
-    )
+    for p in ("/health", *KEYED_GET_PATHS)
 ]
 
 
@@ -155,19 +149,7 @@ def assert_openai_error(reply: httpx.Response, status: int, *fragments: str) -> 
 
 
 # --- auth ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/metrics",
-        "/version",
-        "/docs",
-        "/openapi.json",
-        "/ping",
-        "/load",
-        "/v1/models",
-        "/is_scaling_elastic_ep",
-    ],
-)
+@pytest.mark.parametrize("path", KEYED_GET_PATHS)
 async def test_every_route_but_health_needs_the_key(path):
     guard = make_guard()
     async with client(guard) as c:
