@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from evaluator.errors import UserError
 from evaluator.registry import TaskSpec
 from evaluator.schema import AudioMedia, ImageMedia, Media, Sample, Split, VideoMedia
 
 BATCH_ROWS = 16  # rows per parquet read: media rows are large, keep memory flat
 
 
-class DataError(Exception):
+class DataError(UserError):
     """The dataset cannot be read; the message says which file or row and why."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from evaluator.errors import UserError
 from evaluator.schema import Modality
 
 BOARDS: tuple[Modality, ...] = ("image", "audio", "video")
@@ -115,7 +116,7 @@ def _aliases() -> dict[str, TaskSpec]:
 _ALIASES = _aliases()
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(UserError, ValueError):
     pass
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from evaluator.errors import UserError
 from evaluator.schema import Reply
 
 STORE_FILE = "store.sqlite"
@@ -35,7 +36,7 @@ CREATE INDEX IF NOT EXISTS replies_task ON replies(task, status);
 """
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     pass
 
 
