@@ -5,26 +5,30 @@ A local snapshot is a folder holding the parquet files as the hub stores them:
 `<root>/<hub_id or Name>/<config>/<split>-*.parquet` for datasets with domains. Both the local
 and the hub path yield the same row dicts and go through `row_to_sample`.
 
-Media are read without torchcodec: images keep their stored bytes, audio is decoded to
-(array, rate) with soundfile (librosa as the fallback for formats soundfile lacks), video keeps
-its container bytes.
+Media are read without torchcodec: images keep their stored bytes, audio is decoded to float32
+(channels, samples) at its stored rate by FFmpeg through PyAV, as `datasets.Audio()` does
+(`evaluator/audio.py`), video keeps its container bytes.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
 
+from evaluator import audio
 from evaluator.errors import UserError
 from evaluator.registry import TaskSpec
-from evaluator.schema import AudioMedia, ImageMedia, Media, Sample, Split, VideoMedia
+from evaluator.schema import AudioMedia, ImageMedia, Media, Sample, Split, VideoMedia, sample_key
 
 BATCH_ROWS = 16  # rows per parquet read: media rows are large, keep memory flat
+# Random access reads (ruTiE turns) stream a column chunk's pages through a buffer of this size instead of
+# reading the whole chunk (a 100-row group of 20 s clips is ~180 MB): memory is about one row.
+STREAM_BUFFER = 1 << 20
 
 
 class DataError(UserError):
@@ -63,16 +67,7 @@ def decode_audio(value: Any) -> AudioMedia | None:
     data = _media_bytes(value)
     if data is None:
         return None
-    import soundfile
-
-    try:
-        array, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    except (soundfile.LibsndfileError, RuntimeError):
-        import librosa  # MP3 and friends
-
-        array, rate = librosa.load(io.BytesIO(data), sr=None, mono=False)
-        array = array.T if array.ndim == 2 else array
-    return AudioMedia(np.asarray(array, dtype=np.float32), int(rate))
+    return audio.decode(data)
 
 
 def decode_media(kind: str, value: Any) -> Media | None:
@@ -147,17 +142,20 @@ def _iter_local_rows(files: list[Path]) -> Iterator[dict[str, Any]]:
                 yield from batch.to_pylist()
 
 
-def _iter_hub_rows(spec: TaskSpec, split: Split, source: DataSource, domain: str | None) -> Iterator[dict[str, Any]]:
+def _hub_dataset(spec: TaskSpec, split: Split, source: DataSource, domain: str | None, **kwargs):
     import datasets
 
     ds = datasets.load_dataset(
         spec.hub_id, domain, split=split, streaming=True, token=source.token,
-        cache_dir=str(source.cache_dir) if source.cache_dir else None, revision=source.revision,
+        cache_dir=str(source.cache_dir) if source.cache_dir else None, revision=source.revision, **kwargs,
     )  # fmt: skip
     # Keep the stored bytes: no decoding through torchcodec or PIL. The media features are nested in
     # `inputs`, which `cast_column` cannot address, so switch decoding off for the whole dataset.
-    ds = ds.decode(False)
-    yield from ds
+    return ds.decode(False)
+
+
+def _iter_hub_rows(spec: TaskSpec, split: Split, source: DataSource, domain: str | None) -> Iterator[dict[str, Any]]:
+    yield from _hub_dataset(spec, split, source, domain)
 
 
 def iter_samples(
@@ -187,3 +185,104 @@ def count_samples(spec: TaskSpec, split: Split, source: DataSource, *, domains: 
         n = sum(pq.ParquetFile(p).metadata.num_rows for p in parquet_files(spec, split, source.data_dir, domain))
         total += min(n, limit) if limit is not None else n
     return total
+
+
+# --- random access by row position (ruTiE: an index pass, then turns in dialogue order) -------------
+@dataclass(frozen=True)
+class RowRef:
+    """One row of a split without its media: where it is and which sample it is."""
+
+    position: int  # row position within (task, domain, split): `Sample.index`
+    task: str
+    domain: str | None
+    split: Split
+    id: int  # meta.id
+
+    @property
+    def key(self) -> str:
+        return sample_key(self.task, self.domain, self.split, self.id)
+
+
+def index_rows(spec: TaskSpec, split: Split, source: DataSource, *, domain: str | None = None,
+               limit: int | None = None) -> list[RowRef]:
+    """Every row's position and id, reading only the `meta` column (parquet column projection: no media)."""
+    if source.data_dir is not None:
+        metas = _iter_local_column(parquet_files(spec, split, source.data_dir, domain), "meta")
+    else:
+        metas = (row["meta"] for row in _hub_dataset(spec, split, source, domain, columns=["meta"]))
+    refs = []
+    for position, meta in enumerate(metas):
+        if limit is not None and position >= limit:
+            break
+        try:
+            sample_id = int(meta["id"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{spec.name}/{domain or '-'}/{split} row {position}: no meta.id: {exc}") from None
+        refs.append(RowRef(position, spec.name, domain, split, sample_id))
+    return refs
+
+
+def _iter_local_column(files: list[Path], column: str) -> Iterator[Any]:
+    import pyarrow.parquet as pq
+
+    for path in files:
+        with pq.ParquetFile(path, pre_buffer=False) as pf:
+            for batch in pf.iter_batches(batch_size=1024, columns=[column]):
+                yield from batch.column(0).to_pylist()
+
+
+def _iter_local_rows_from(files: list[Path], start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(position, row) from row `start` on, skipping whole files and row groups before it unread."""
+    import pyarrow.parquet as pq
+
+    position = 0
+    for path in files:
+        with pq.ParquetFile(path, pre_buffer=False, buffer_size=STREAM_BUFFER) as pf:
+            for group in range(pf.num_row_groups):
+                rows = pf.metadata.row_group(group).num_rows
+                if position + rows <= start:
+                    position += rows
+                    continue
+                for batch in pf.iter_batches(batch_size=1, row_groups=[group]):
+                    for row in batch.to_pylist():
+                        if position >= start:
+                            yield position, row
+                        position += 1
+
+
+def _iter_hub_rows_from(spec: TaskSpec, split: Split, source: DataSource, domain: str | None,
+                        start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    ds = _hub_dataset(spec, split, source, domain)
+    yield from enumerate(ds.skip(start) if start else ds, start)
+
+
+def iter_rows_at(spec: TaskSpec, split: Split, source: DataSource, positions: list[int], *,
+                 domain: str | None = None) -> Iterator[Sample]:
+    """The samples at `positions`, in that order, one row read and decoded at a time. Ascending runs of
+    positions are one sequential scan; a step back starts a new scan at that row."""
+    files = parquet_files(spec, split, source.data_dir, domain) if source.data_dir is not None else None
+    scan: Iterator[tuple[int, dict[str, Any]]] | None = None
+    at = -1  # position of the last row the scan yielded
+    for wanted in positions:
+        if scan is None or wanted <= at:
+            scan = (_iter_local_rows_from(files, wanted) if files is not None
+                    else _iter_hub_rows_from(spec, split, source, domain, wanted))
+        for at, row in scan:
+            if at == wanted:
+                yield row_to_sample(spec, row, split=split, domain=domain, index=at)
+                break
+        else:
+            raise DataError(f"{spec.name}/{domain or '-'}/{split}: row {wanted} is past the end of the split")
+
+
+class SplitRows:
+    """A task's split as a row source for `evaluator.dialogue`: ids first, then rows by position on demand."""
+
+    def __init__(self, spec: TaskSpec, split: Split, source: DataSource, *, limit: int | None = None) -> None:
+        self.spec, self.split, self.source, self.limit = spec, split, source, limit
+
+    def index(self) -> list[RowRef]:
+        return index_rows(self.spec, self.split, self.source, limit=self.limit)
+
+    def rows(self, positions: list[int]) -> Iterator[Sample]:
+        return iter_rows_at(self.spec, self.split, self.source, positions)

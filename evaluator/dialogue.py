@@ -20,6 +20,12 @@ Turns of one dialogue run strictly in order; dialogues run in parallel with each
 rest of the run. A resumed run takes earlier answers from the store and continues at the first
 missing turn.
 
+The split is never held whole: a first pass reads only the ids (`RowSource.index`, parquet column
+projection), then each dialogue reads its turns' rows in order (`RowSource.rows`), and only the turns
+inside the history window (with their encoded media) stay in memory: at most `history + 1` turns per
+dialogue in flight, whatever the split's size. Finished turns are read again only when a pending
+turn replays them.
+
 Where we differ from, or pin down, the official code (checked against the fork
 `artemorloff/lm-evaluation-harness@adding_strict_chat_format_support`, tests/test_dialogue.py):
 - history is chosen by question id (`q - history <= p < q`, same dialogue); the official sampler
@@ -38,12 +44,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from evaluator.data import RowRef
+from evaluator.limits import message_counts, over_limit
 from evaluator.registry import TaskSpec, get_task
 from evaluator.requests import RequestOptions, SampleError, request_digest, user_content
 from evaluator.schema import ChatRequest, Reply, Sample
+from evaluator.store import ExpectedSample
 
 if TYPE_CHECKING:
     from evaluator.runner import DispatchContext
@@ -64,6 +74,19 @@ HistoryFormat = Literal["official", "formatted"]
 
 
 @dataclass(frozen=True)
+class TurnRef:
+    """A turn's place in its dialogue, by the official id arithmetic; its row is read only when needed."""
+
+    row: RowRef
+    question_id: int
+    dialog_id: int
+
+    @property
+    def submission_id(self) -> int:
+        return self.question_id + DIALOG_LEN * self.dialog_id + SUBMISSION_ID_OFFSET
+
+
+@dataclass(frozen=True)
 class Turn:
     sample: Sample
     question_id: int
@@ -74,16 +97,44 @@ class Turn:
         return self.question_id + DIALOG_LEN * self.dialog_id + SUBMISSION_ID_OFFSET
 
 
-def order_turns(samples: list[Sample]) -> list[list[Turn]]:
+class RowSource(Protocol):
+    """Where a dialogue task's rows come from: `evaluator.data.SplitRows` (a split, streamed) or `SampleRows`."""
+
+    def index(self) -> list[RowRef]: ...
+
+    def rows(self, positions: list[int]) -> Iterator[Sample]: ...
+
+
+class SampleRows:
+    """Samples already in memory as a row source (tests, small lists)."""
+
+    def __init__(self, samples: Sequence[Sample]) -> None:
+        self.samples = list(samples)
+
+    def index(self) -> list[RowRef]:
+        return [RowRef(i, s.task, s.domain, s.split, s.id) for i, s in enumerate(self.samples)]
+
+    def rows(self, positions: list[int]) -> Iterator[Sample]:
+        return (self.samples[p] for p in positions)
+
+
+def order_refs(refs: list[RowRef]) -> list[list[TurnRef]]:
     """Dialogues (each a list of turns in order), by the official id arithmetic."""
-    if not samples:
+    if not refs:
         return []
-    min_id = min(s.id for s in samples)
-    dialogues: dict[int, list[Turn]] = {}
-    for s in samples:
-        q, d = (s.id - min_id) % DIALOG_LEN, (s.id - min_id) // DIALOG_LEN
-        dialogues.setdefault(d, []).append(Turn(s, q, d))
+    min_id = min(r.id for r in refs)
+    dialogues: dict[int, list[TurnRef]] = {}
+    for r in refs:
+        q, d = (r.id - min_id) % DIALOG_LEN, (r.id - min_id) // DIALOG_LEN
+        dialogues.setdefault(d, []).append(TurnRef(r, q, d))
     return [sorted(turns, key=lambda t: t.question_id) for _, turns in sorted(dialogues.items())]
+
+
+def order_turns(samples: list[Sample]) -> list[list[Turn]]:
+    """`order_refs` for samples in memory."""
+    rows = SampleRows(samples)
+    return [[Turn(rows.samples[t.row.position], t.question_id, t.dialog_id) for t in d]
+            for d in order_refs(rows.index())]
 
 
 def answer_letter(reply_text: str | None) -> str:
@@ -127,45 +178,44 @@ def build_turn_messages(turn: Turn, history: list[tuple[Turn, str]], options: Re
     return messages
 
 
-def media_counts(messages: list[dict[str, Any]]) -> dict[str, int]:
-    kinds = {"image_url": "image", "audio_url": "audio", "input_audio": "audio", "video_url": "video"}
-    counts: dict[str, int] = {}
-    for message in messages:
-        if isinstance(message["content"], list):
-            for part in message["content"]:
-                kind = kinds.get(part.get("type"))
-                if kind:
-                    counts[kind] = counts.get(kind, 0) + 1
-    return counts
+media_counts = message_counts  # the media items per kind in built messages (evaluator.limits)
 
 
-def over_limit(counts: dict[str, int], limits: dict[str, int]) -> str | None:
-    for kind, n in counts.items():
-        if kind in limits and n > limits[kind]:
-            return f"{n} {kind} items but the server admits {limits[kind]} per request"
-    return None
+def _needed(turns: list[TurnRef], pending: set[str], history_len: int) -> list[TurnRef]:
+    """The turns whose rows must be read: the pending ones and the finished ones a pending turn replays."""
+    window = {q for t in turns if t.row.key in pending for q in range(t.question_id - history_len, t.question_id + 1)}
+    return [t for t in turns if t.question_id in window]
 
 
-async def run_dialogue(spec: TaskSpec, turns: list[Turn], ctx: DispatchContext) -> None:
+async def run_dialogue(spec: TaskSpec, turns: list[TurnRef], source: RowSource, ctx: DispatchContext) -> None:
     history_len = ctx.config.rutie_history
     fmt: HistoryFormat = ctx.config.rutie_history_format
     answers: dict[int, str] = {}  # question_id -> the model's letter
-    encoded: dict[str, list[dict[str, Any]]] = {}  # earlier turns' user parts, encoded once
     done = ctx.store.done_keys(include_errors=not ctx.config.retry_errors)
     for turn in turns:
-        sample = turn.sample
-        if sample.key in done:
-            stored = ctx.store.get(sample.key)
+        if turn.row.key in done:
+            stored = ctx.store.get(turn.row.key)
             answers[turn.question_id] = answer_letter(stored.content if stored and stored.status == "ok" else None)
             ctx.progress[spec.name].skipped += 1
             ctx.progress[spec.name].errors += bool(stored and stored.status != "ok")  # kept failures still count
-            continue
-        history = [(p, answers.get(p.question_id, FALLBACK)) for p in turns
-                   if turn.question_id - history_len <= p.question_id < turn.question_id]
-        in_window = {p.sample.key for p, _ in history}
-        encoded = {k: v for k, v in encoded.items() if k in in_window}  # keep only what later turns replay
-        reply = await _send_turn(spec, turn, history, ctx, fmt, encoded)
-        answers[turn.question_id] = answer_letter(reply.content if reply.status == "ok" else None)
+    pending = {t.row.key for t in turns} - done
+    needed = _needed(turns, pending, history_len)
+    rows = source.rows([t.row.position for t in needed])
+    window: dict[int, Turn] = {}  # question_id -> the loaded turns later turns may still replay
+    encoded: dict[str, list[dict[str, Any]]] = {}  # their user parts, encoded once
+    for ref in needed:
+        sample = await asyncio.to_thread(next, rows)
+        turn = Turn(sample, ref.question_id, ref.dialog_id)
+        if sample.key in pending:
+            history = [(window[q], answers.get(q, FALLBACK)) for q in sorted(window)
+                       if turn.question_id - history_len <= q < turn.question_id]
+            in_window = {p.sample.key for p, _ in history}
+            encoded = {k: v for k, v in encoded.items() if k in in_window}  # keep only what later turns replay
+            reply = await _send_turn(spec, turn, history, ctx, fmt, encoded)
+            answers[turn.question_id] = answer_letter(reply.content if reply.status == "ok" else None)
+        window[turn.question_id] = turn
+        for q in [q for q in window if q <= turn.question_id - history_len]:  # out of every later window
+            del window[q]
 
 
 async def _send_turn(spec: TaskSpec, turn: Turn, history: list[tuple[Turn, str]], ctx: DispatchContext,
@@ -178,7 +228,7 @@ async def _send_turn(spec: TaskSpec, turn: Turn, history: list[tuple[Turn, str]]
         messages = await asyncio.to_thread(build_turn_messages, turn, history, ctx.options, fmt, encoded)
     except SampleError as exc:
         return ctx.record_error(sample, f"{where}: {exc.problem}")
-    problem = over_limit(media_counts(messages), ctx.config.mm_limits)
+    problem = over_limit(message_counts(messages), ctx.config.mm_limits)
     if problem:
         return ctx.record_error(sample, f"{where} with {len(history)} earlier turns: {problem}; {fix} "
                                         "or raise the server's --limit-mm-per-prompt")
@@ -192,8 +242,12 @@ async def _send_turn(spec: TaskSpec, turn: Turn, history: list[tuple[Turn, str]]
     return reply
 
 
-async def run_task(spec: TaskSpec, samples: list[Sample], ctx: DispatchContext) -> None:
-    """All dialogues of one ruTiE task, in parallel with each other."""
-    await asyncio.gather(*(run_dialogue(spec, turns, ctx) for turns in order_turns(samples)))
+async def run_task(spec: TaskSpec, source: RowSource | Sequence[Sample], ctx: DispatchContext) -> None:
+    """All dialogues of one ruTiE task, in parallel with each other, each reading its own turns in order."""
+    if isinstance(source, Sequence):
+        source = SampleRows(source)
+    refs = await asyncio.to_thread(source.index)
+    ctx.store.expect([ExpectedSample(r.key, r.task, r.domain, r.split, r.id) for r in refs])
+    await asyncio.gather(*(run_dialogue(spec, turns, source, ctx) for turns in order_refs(refs)))
     if ctx.on_progress:
         ctx.on_progress(spec.name, ctx.progress[spec.name])

@@ -2,8 +2,10 @@
 (`multimodal_tasks/load_media.py` with LOAD_BASE64=1), plus the optional transforms.
 
 - image: the stored bytes, not re-encoded, always labelled `image/png` (MERA does so for JPEGs too);
-- audio: re-encoded to WAV with soundfile, sent as vLLM's `audio_url` (or OpenAI's `input_audio`);
-- video: the stored container bytes labelled `video/mp4`, or N evenly spaced frames as images.
+- audio: the official mono mix re-encoded to 16-bit WAV with soundfile (`evaluator/audio.py`), sent as vLLM's
+  `audio_url` (or OpenAI's `input_audio`); `--audio-channels stored` keeps every channel instead;
+- video: the stored container bytes labelled `video/mp4`, or N uniformly sampled frames as PNG images
+  (`--video-frames N`), decoded in one streaming pass that keeps only the chosen frames.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
 
+from evaluator import audio as audio_codec
+from evaluator.audio import AudioChannels
 from evaluator.schema import AudioMedia, ImageMedia, VideoMedia
 
 AudioPart = Literal["audio_url", "input_audio"]
@@ -46,29 +51,74 @@ def resize_image_bytes(data: bytes, max_side: int) -> bytes:
     return out.getvalue()
 
 
-def wav_bytes(audio: AudioMedia) -> bytes:
-    import soundfile
-
-    out = io.BytesIO()
-    soundfile.write(out, audio.array, audio.rate, format="WAV")
-    return out.getvalue()
+def wav_bytes(audio: AudioMedia, channels: AudioChannels = "mono") -> bytes:
+    return audio_codec.wav_bytes(audio, channels)
 
 
-def video_frames_png(data: bytes, count: int) -> list[bytes]:
-    """`count` evenly spaced frames of the video, as PNG bytes (MERA's --replace_videos_with_images_amount)."""
+def frame_indices(total: int, count: int) -> list[int]:
+    """Which of `total` frames are the `count` uniformly sampled ones: always `count` indices (a clip shorter
+    than `count` frames repeats frames), so a request's image count is known before anything is decoded.
+
+    MERA's `--replace_videos_with_images_amount` code is not published (the fork's pinned commit); the rule is
+    the fork's own uniform sampler (`lm_eval/models/hf_videolm.py`, branch `video`):
+    `np.arange(0, total, total / count).astype(int)`, cut to `count` (its float step sometimes yields one
+    index more, e.g. 8 for 17 frames and count 7). Frame 0 is always in; the last frame may not be."""
+    if total <= 0 or count <= 0:
+        return []
+    return [int(i) for i in np.arange(0, total, total / count).astype(int)[:count]]
+
+
+def count_video_frames(data: bytes) -> int:
+    """Frames of the first video stream, from a demux pass (packets only, nothing decoded): the frame count
+    torchcodec's exact seek mode (what `datasets.Video()` hands the harness) reports."""
     import av
 
     with av.open(io.BytesIO(data)) as container:
-        frames = [frame.to_image() for frame in container.decode(video=0)]
-    if not frames:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def _png(frame) -> bytes:
+    buf = io.BytesIO()
+    frame.to_image().save(buf, format="PNG")  # RGB24 via swscale, then PNG as MERA's image re-encodes
+    return buf.getvalue()
+
+
+def decoded_frames(data: bytes) -> Iterator[Any]:
+    """The first video stream's frames in presentation order, decoded one at a time."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame threads: the same frames, less wall time
+        yield from container.decode(stream)
+
+
+def video_frames_png(data: bytes, count: int) -> list[bytes]:
+    """`count` uniformly sampled frames (`frame_indices`) as PNG bytes, in one streaming decode that stops after
+    the last chosen frame: only the current frame and the chosen frames' PNGs are held, whatever the length."""
+    picks = frame_indices(count_video_frames(data), count)
+    if not picks:
+        raise ValueError("video has no frames")
+    wanted = set(picks)
+    pngs: dict[int, bytes] = {}
+    last: bytes | None = None
+    frames = decoded_frames(data)
+    try:
+        for i, frame in enumerate(frames):
+            if i in wanted:
+                pngs[i] = last = _png(frame)
+            if i >= picks[-1]:
+                break
+    finally:
+        frames.close()  # closes the container now, not when collected
+    if last is None:
         raise ValueError("video has no decodable frames")
-    picks = np.linspace(0, len(frames) - 1, num=min(count, len(frames))).round().astype(int)
-    out = []
-    for i in picks:
-        buf = io.BytesIO()
-        frames[int(i)].save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
+    # fewer decodable frames than packets (a broken tail): chosen frames past the end repeat the last one reached,
+    # so the request keeps the number of images it announced
+    return [pngs.get(i, last) for i in picks]
 
 
 def image_part(data: bytes) -> dict[str, Any]:
@@ -86,13 +136,14 @@ def video_part(data: bytes) -> dict[str, Any]:
 
 
 def encode_media(media: ImageMedia | AudioMedia | VideoMedia, *, audio_kind: AudioPart = "audio_url",
-                 image_max_side: int | None = None, video_frames: int | None = None) -> list[dict[str, Any]]:
+                 image_max_side: int | None = None, video_frames: int | None = None,
+                 audio_channels: AudioChannels = "mono") -> list[dict[str, Any]]:
     """The content parts one media item becomes (one part, or N image parts for sampled video)."""
     if isinstance(media, ImageMedia):
         data = resize_image_bytes(media.data, image_max_side) if image_max_side else media.data
         return [image_part(data)]
     if isinstance(media, AudioMedia):
-        return [audio_part(wav_bytes(media), audio_kind)]
+        return [audio_part(wav_bytes(media, audio_channels), audio_kind)]
     if video_frames:
         return [image_part(frame) for frame in video_frames_png(media.data, video_frames)]
     return [video_part(media.data)]

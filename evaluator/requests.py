@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from evaluator import media as media_codec
+from evaluator.audio import AudioChannels
 from evaluator.registry import TaskSpec, get_task
 from evaluator.schema import ChatRequest, GenerationParams, Sample
 
@@ -37,6 +38,8 @@ class RequestOptions(BaseModel):
 
     params: GenerationParams = Field(default_factory=GenerationParams)
     audio_part: Literal["audio_url", "input_audio"] = "audio_url"
+    # "mono": the official mix-down (datasets' Audio() decode); "stored": every channel as the file has them
+    audio_channels: AudioChannels = "mono"
     image_max_side: int | None = Field(None, gt=0)
     video_frames: int | None = Field(None, gt=0)
     system_prompt: str | None = None
@@ -95,7 +98,7 @@ def user_content(sample: Sample, options: RequestOptions, text: str | None = Non
             try:
                 parts.extend(media_codec.encode_media(
                     item, audio_kind=options.audio_part, image_max_side=options.image_max_side,
-                    video_frames=options.video_frames,
+                    video_frames=options.video_frames, audio_channels=options.audio_channels,
                 ))  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - bad media names the sample
                 raise SampleError(sample.key, f"cannot encode {item.kind} #{i + 1}: {exc}") from None

@@ -19,8 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from evaluator.client import ChatClient, Outcome, RetryPolicy
-from evaluator.data import DataSource, count_samples, iter_samples
+from evaluator.data import DataSource, SplitRows, count_samples, iter_samples
 from evaluator.export import export_samples
+from evaluator.limits import check_run as check_media_limits
+from evaluator.limits import sample_problem as media_limit_problem
 from evaluator.registry import TaskSpec, resolve_tasks
 from evaluator.requests import RequestOptions, SampleError, build_request, question_text
 from evaluator.schema import ChatRequest, Reply, Sample, Split
@@ -44,7 +46,8 @@ class RunConfig(BaseModel):
     retry_errors: bool = False
     rutie_history: int = Field(5, ge=0, description="ruTiE dialogue history length (the official num_fewshot).")
     rutie_history_format: Literal["official", "formatted"] = "official"
-    # The server's --limit-mm-per-prompt (mera-serve's defaults): ruTiE turns over it are reported, not sent.
+    # The server's --limit-mm-per-prompt (mera-serve's defaults): a setting over it refuses the run up front,
+    # a sample or ruTiE turn over it is recorded with the reason, not sent (evaluator/limits.py).
     mm_limits: dict[str, int] = Field(default_factory=lambda: {"image": 6, "audio": 6, "video": 1})
 
     def identity(self) -> dict[str, Any]:
@@ -160,6 +163,10 @@ class Runner:
         self._tick(task)
 
     async def _process(self, sample: Sample) -> None:
+        # over the server's media limits: recorded with the reason, never encoded or sent
+        if problem := media_limit_problem(sample, self.config.options, self.config.mm_limits):
+            self.record_error(sample, problem)
+            return
         try:
             request = await asyncio.to_thread(build_request, sample, self.config.options)
         except SampleError as exc:
@@ -210,19 +217,18 @@ class Runner:
     async def _run_dialogue(self, spec: TaskSpec) -> None:
         from evaluator import dialogue
 
-        samples = await asyncio.to_thread(
-            lambda: list(iter_samples(spec, self.config.split, self.config.source, limit=self.config.limit))
-        )
-        self.store.expect([ExpectedSample(s.key, s.task, s.domain, s.split, s.id) for s in samples])
+        # Streamed: ids first, then each dialogue reads its own turns (never the whole split in memory).
+        rows = SplitRows(spec, self.config.split, self.config.source, limit=self.config.limit)
         ctx = DispatchContext(client=self.client, store=self.store, options=self.config.options, config=self.config,
                               dispatch=self.dispatch, record_error=self.record_error, progress=self.progress,
                               on_progress=self.on_progress)
-        await dialogue.run_task(spec, samples, ctx)
+        await dialogue.run_task(spec, rows, ctx)
 
 
 async def run(config: RunConfig, on_progress: ProgressHook | None = None) -> RunSummary:
     """Run (or resume) a whole evaluation; returns per-task counts. The store lives in `config.output`."""
     started = time.monotonic()
+    check_media_limits(resolve_tasks(config.tasks), config.options, config.mm_limits)  # before anything is sent
     async with ChatClient(config.endpoints, api_key=config.api_key, concurrency=config.concurrency,
                           timeouts=config.timeouts, retry=config.retry) as client:
         await client.wait_healthy(timeout=config.retry.max_downtime_s)

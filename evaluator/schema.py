@@ -29,7 +29,8 @@ class ImageMedia:
 
 @dataclass(frozen=True)
 class AudioMedia:
-    """Decoded audio: float samples (mono or [samples, channels]) and their rate."""
+    """Decoded audio: float32 samples, (channels, samples) as FFmpeg/torchcodec decode them (or 1-D when already
+    mixed to mono, e.g. a `datasets`-decoded array), at their stored rate."""
 
     array: np.ndarray
     rate: int

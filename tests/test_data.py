@@ -47,7 +47,7 @@ def test_audio_row_decoded_to_array_and_rate(fmt):
            "meta": {"id": 1}}
     sample = row_to_sample(TASKS["ruEnvAQA"], row, split="test", domain=None, index=0)
     audio = sample.media["audio"]
-    assert isinstance(audio, AudioMedia) and audio.rate == 22050 and audio.array.shape == (33075,)
+    assert isinstance(audio, AudioMedia) and audio.rate == 22050 and audio.array.shape == (1, 33075)  # (channels, samples)
     assert audio.array.dtype == np.float32 and 0.25 < np.abs(audio.array).max() < 0.35
 
 
@@ -57,7 +57,7 @@ def test_audio_from_path_and_datasets_decoded_dict(tmp_path):
     spec = TASKS["ruEnvAQA"]
     from_path = row_to_sample(spec, {"instruction": "<audio>", "inputs": {"audio": {"bytes": None, "path": str(wav)}},
                                      "meta": {"id": 1}}, split="test", domain=None, index=0)  # fmt: skip
-    assert from_path.media["audio"].rate == 16000 and from_path.media["audio"].array.shape == (8000,)
+    assert from_path.media["audio"].rate == 16000 and from_path.media["audio"].array.shape == (1, 8000)
     decoded = {"array": [0.0, 0.5], "sampling_rate": 8000, "path": None}
     s = row_to_sample(spec, {"instruction": "<audio>", "inputs": {"audio": decoded}, "meta": {"id": 2}},
                       split="test", domain=None, index=0)  # fmt: skip

@@ -32,18 +32,20 @@ def test_image_is_sent_as_stored_and_labelled_png(fmt):
     assert payload(part["image_url"]["url"]) == data
 
 
-def test_audio_becomes_wav_at_its_own_rate_mono_and_stereo():
+def test_audio_becomes_16_bit_wav_at_its_own_rate_mixed_to_mono_unless_stored():
     rng = np.random.default_rng(0)
     mono = AudioMedia((0.5 * rng.standard_normal(8000)).clip(-1, 1).astype(np.float32), 8000)
-    stereo = AudioMedia((0.5 * rng.standard_normal((4410, 2))).clip(-1, 1).astype(np.float32), 44100)
-    for item in (mono, stereo):
-        (part,) = media.encode_media(item)
+    stereo = AudioMedia((0.5 * rng.standard_normal((2, 4410))).clip(-1, 1).astype(np.float32), 44100)
+    for item, channels, expected in ((mono, "mono", mono.array), (stereo, "mono", stereo.array.mean(axis=0)),
+                                     (stereo, "stored", stereo.array.T)):
+        (part,) = media.encode_media(item, audio_channels=channels)
         assert part["type"] == "audio_url" and part["audio_url"]["url"].startswith("data:audio/wav;base64,")
         wav = payload(part["audio_url"]["url"])
         assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE"
+        assert soundfile.info(io.BytesIO(wav)).subtype == "PCM_16"  # soundfile's default, as MERA's sf.write
         back, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
-        assert rate == item.rate and back.shape == item.array.shape
-        assert np.abs(back - item.array).max() < 1e-4  # soundfile's default WAV subtype, as MERA's sf.write
+        assert rate == item.rate and back.shape == expected.shape
+        assert np.abs(back - expected).max() < 1e-4
 
 
 def test_input_audio_option():
@@ -85,15 +87,52 @@ def frame_levels(data: bytes) -> list[int]:
         return [int(f.to_ndarray(format="gray").mean()) for f in c.decode(video=0)]
 
 
-def test_video_frames_evenly_sampled_first_and_last_included():
+@pytest.mark.parametrize(("total", "count", "expected"), [
+    (8, 3, [0, 2, 5]),  # np.arange(0, 8, 8/3).astype(int)
+    (150, 8, [0, 18, 37, 56, 75, 93, 112, 131]),  # a 5 s 30 fps clip: the last frame is not taken
+    (17, 7, [0, 2, 4, 7, 9, 12, 14]),  # arange's float step gives 8 here; cut to the 7 asked for
+    (2, 3, [0, 0, 1]),  # a clip shorter than N repeats frames: always N images
+    (5, 5, [0, 1, 2, 3, 4]),
+])
+def test_frame_indices_are_the_forks_uniform_sampler(total, count, expected):
+    assert media.frame_indices(total, count) == expected
+    assert media.frame_indices(total, count) == [int(i) for i in np.arange(0, total, total / count).astype(int)][:count]
+
+
+def test_frame_indices_always_give_the_count_asked_for():
+    assert all(len(media.frame_indices(t, n)) == n for t in range(1, 400) for n in range(1, 33))
+    assert media.frame_indices(0, 4) == [] and media.frame_indices(10, 0) == []
+
+
+def test_video_frames_are_the_chosen_frames_as_png():
     data = video_bytes(frames=8)  # frame i is a flat grey level 30*i
     levels = frame_levels(data)
+    assert media.count_video_frames(data) == len(levels) == 8
     parts = media.encode_media(VideoMedia(data), video_frames=3)
     assert [p["type"] for p in parts] == ["image_url"] * 3
-    got = [int(np.asarray(Image.open(io.BytesIO(payload(p["image_url"]["url"]))).convert("L")).mean()) for p in parts]
-    picks = np.linspace(0, len(levels) - 1, 3).round().astype(int)
-    assert got == pytest.approx([levels[i] for i in picks], abs=2)
-    assert len(media.encode_media(VideoMedia(data), video_frames=50)) == len(levels)  # never more than it has
+    images = [Image.open(io.BytesIO(payload(p["image_url"]["url"]))) for p in parts]
+    assert all(i.format == "PNG" and i.mode == "RGB" for i in images)
+    got = [int(np.asarray(i.convert("L")).mean()) for i in images]
+    assert got == pytest.approx([levels[i] for i in media.frame_indices(8, 3)], abs=2)
+    assert len(media.encode_media(VideoMedia(data), video_frames=50)) == 50  # N asked, N sent (frames repeat)
+
+
+def test_video_frames_stop_decoding_after_the_last_chosen_frame(monkeypatch):
+    data = video_bytes(frames=40)
+    seen, pngs = [], []
+    real_frames, real_png = media.decoded_frames, media._png
+
+    def counting_frames(blob):
+        for frame in real_frames(blob):
+            seen.append(frame)
+            yield frame
+
+    monkeypatch.setattr(media, "decoded_frames", counting_frames)
+    monkeypatch.setattr(media, "_png", lambda frame: pngs.append(1) or real_png(frame))
+    frames = media.video_frames_png(data, 4)
+    assert media.frame_indices(40, 4) == [0, 10, 20, 30]
+    assert len(frames) == 4 and len(pngs) == 4  # only the chosen frames become images
+    assert len(seen) == 31  # decoding stopped at frame 30, the last chosen one
 
 
 def test_broken_video_raises_for_frame_sampling():
