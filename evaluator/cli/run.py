@@ -13,6 +13,7 @@ from rich.table import Table
 
 from evaluator.client import RetryPolicy
 from evaluator.data import DataError, DataSource
+from evaluator.limits import MediaLimitError
 from evaluator.registry import UnknownTaskError
 from evaluator.requests import RequestOptions
 from evaluator.runner import RunConfig, RunSummary, TaskProgress, run
@@ -45,14 +46,17 @@ def add_parser(sub) -> None:
     g.add_argument("--extra-body", type=json.loads, default={}, metavar="JSON", help="More request fields.")
     m = p.add_argument_group("media options (off by default = as the leaderboard run)")
     m.add_argument("--audio-part", choices=["audio_url", "input_audio"], default="audio_url")
+    m.add_argument("--audio-channels", choices=["mono", "stored"], default="mono",
+                   help="mono: mixed down as the official path sends it (default); stored: every channel kept.")
     m.add_argument("--image-max-side", type=int, help="Resize images to this longest side (PNG re-encode).")
-    m.add_argument("--video-frames", type=int, help="Send N evenly sampled frames as images instead of the video.")
+    m.add_argument("--video-frames", type=int,
+                   help="Send N uniformly sampled frames as images instead of the video (N <= the image limit).")
     m.add_argument("--system-prompt", help="Add a system message (the leaderboard run had none).")
     m.add_argument("--rutie-history", type=int, default=5, help="ruTiE dialogue history length (num_fewshot).")
     m.add_argument("--rutie-history-format", choices=["official", "formatted"], default="official",
                    help="Earlier ruTiE turns as the official code sends them (raw instruction) or formatted.")
     m.add_argument("--mm-limits", type=json.loads, default={"image": 6, "audio": 6, "video": 1}, metavar="JSON",
-                   help="The server's --limit-mm-per-prompt, to report ruTiE turns that exceed it.")
+                   help="The server's --limit-mm-per-prompt: requests over it are refused here, not sent.")
     r = p.add_argument_group("failures")
     r.add_argument("--retry-errors", action="store_true", help="Re-send samples whose stored reply is an error.")
     r.add_argument("--max-attempts", type=int, default=6, help="Tries per request for transient errors.")
@@ -66,8 +70,9 @@ def add_parser(sub) -> None:
 def config_from_args(args) -> RunConfig:
     params = GenerationParams(model=args.model, temperature=args.temperature, max_tokens=args.max_tokens,
                               seed=args.seed, stop=args.stop, extra_body=args.extra_body)
-    options = RequestOptions(params=params, audio_part=args.audio_part, image_max_side=args.image_max_side,
-                             video_frames=args.video_frames, system_prompt=args.system_prompt)
+    options = RequestOptions(params=params, audio_part=args.audio_part, audio_channels=args.audio_channels,
+                             image_max_side=args.image_max_side, video_frames=args.video_frames,
+                             system_prompt=args.system_prompt)
     return RunConfig(
         endpoints=args.endpoint, output=args.output, tasks=args.tasks, split=args.split,
         source=DataSource(data_dir=args.data_dir, token=args.hf_token, revision=args.revision),
@@ -112,6 +117,9 @@ def main(args) -> int:
 
         try:
             summary = asyncio.run(run(config, on_progress))
+        except MediaLimitError as exc:
+            console.print(f"[red]mera-eval run: {exc.one_line()}[/red]", highlight=False, soft_wrap=True)
+            return exc.exit_code
         except (StoreError, DataError, UnknownTaskError, ConnectionError) as exc:
             console.print(f"[red]mera-eval run: {exc}[/red]")
             return 2
