@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from evaluator.data import RowRef
 from evaluator.limits import message_counts, over_limit
 from evaluator.registry import TaskSpec, get_task
-from evaluator.requests import RequestOptions, SampleError, request_digest, user_content
+from evaluator.requests import RequestOptions, SampleError, generation_for, request_digest, user_content
 from evaluator.schema import ChatRequest, Reply, Sample
 from evaluator.store import ExpectedSample
 
@@ -232,8 +232,9 @@ async def _send_turn(spec: TaskSpec, turn: Turn, history: list[tuple[Turn, str]]
     if problem:
         return ctx.record_error(sample, f"{where} with {len(history)} earlier turns: {problem}; {fix} "
                                         "or raise the server's --limit-mm-per-prompt")
-    request = ChatRequest(sample_key=sample.key, modality=spec.modality, messages=messages,
-                          params=ctx.options.params, digest=request_digest(messages, ctx.options.params))
+    params = generation_for(spec, ctx.options.params)
+    request = ChatRequest(sample_key=sample.key, modality=spec.modality, messages=messages, params=params,
+                          digest=request_digest(messages, params))
     reply = await ctx.dispatch(sample, request)
     if reply.status == "invalid_request" and reply.error and any(s in reply.error for s in CONTEXT_ERRORS):
         reply = reply.model_copy(update={"error": f"{where} with {len(history)} earlier turns does not fit the "

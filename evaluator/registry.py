@@ -9,12 +9,54 @@ evaluator knows a dataset by name, except the small hooks a spec points to (`pro
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from evaluator.errors import UserError
 from evaluator.schema import Modality
 
 BOARDS: tuple[Modality, ...] = ("image", "audio", "video")
+
+
+# --- generation settings, per task, each value with its source (docs/fidelity.md) ---------------------------
+GENERATION_SOURCES = {
+    "entry": "the leaderboard entry's settings for this task (until, do_sample=false, temperature, max_gen_toks)",
+    "entry-seed": "the leaderboard entry's seed (1234): lm-eval --seed, sent as the payload's seed",
+    "assumed": "not listed in the leaderboard entry: taken equal to the 13 listed tasks' (one --gen_kwargs)",
+}
+# What the fork would send for a task with no generation_kwargs and no --gen_kwargs (TaskConfig's default
+# until=[fewshot_delimiter "\n\n"], temperature 0; TemplateAPI max_gen_toks=256; _create_payload seed=1234).
+FORK_DEFAULTS = {"temperature": 0.0, "max_tokens": 256, "stop": ("\n\n",), "seed": 1234}
+
+
+class GenerationSettings(BaseModel):
+    """How a task's requests are generated, as the leaderboard run did it; `sources` names where each value
+    comes from (a key of GENERATION_SOURCES). Command-line flags override values explicitly."""
+
+    model_config = ConfigDict(frozen=True)
+
+    temperature: float = 0.0
+    max_tokens: int = 10000
+    stop: tuple[str, ...] = ("<eos>",)
+    seed: int | None = 1234
+    sources: dict[str, str]
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("temperature", "max_tokens", "stop", "seed")
+
+    def values(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.FIELDS}
+
+
+def _generation(listed: bool) -> GenerationSettings:
+    src = "entry" if listed else "assumed"
+    return GenerationSettings(sources={"temperature": src, "max_tokens": src, "stop": src,
+                                       "seed": "entry-seed"})  # fmt: skip
+
+
+# The leaderboard entry (Gemma-4-E4B-it, 2026-04-20) lists until=["<eos>"];do_sample=false;temperature=0;
+# max_gen_toks=10000 for every image and video task except ruTiE-Image, and for no audio task.
+_NOT_LISTED = {"ruTiE-Image", "ruEnvAQA", "ruSLUn", "AQUARIA", "ruTiE-Audio"}
 
 
 class TaskSpec(BaseModel):
@@ -36,6 +78,7 @@ class TaskSpec(BaseModel):
     dialogue: bool = False  # ruTiE: sequential dialogues with the model's own earlier answers
     output_filter: str | None = None  # named output filter applied before scoring and submission
     prompt_hook: str | None = None  # named prompt rewrite applied after instruction.format
+    generation: GenerationSettings = Field(default_factory=lambda: _generation(True))
 
     def lm_eval_task(self, domain: str | None) -> str:
         if not self.domains:
@@ -97,6 +140,7 @@ _SPECS = [
         group_field="group_id", metrics=("group_exact_match", "group_judge_score"), **_VIDEO_EM),
 ]  # fmt: skip
 
+_SPECS = [s.model_copy(update={"generation": _generation(s.name not in _NOT_LISTED)}) for s in _SPECS]
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _SPECS}
 
 

@@ -105,6 +105,15 @@ def user_content(sample: Sample, options: RequestOptions, text: str | None = Non
     return parts
 
 
+def generation_for(spec: TaskSpec, params: GenerationParams) -> GenerationParams:
+    """The settings one task's requests are sent with: the registry's (`TaskSpec.generation`, each value with
+    its source) unless `params` sets a value explicitly (a command-line flag, or a field given in code)."""
+    chosen = {f: getattr(params, f) if f in params.model_fields_set else getattr(spec.generation, f)
+              for f in spec.generation.FIELDS}
+    chosen["stop"] = list(chosen["stop"])
+    return GenerationParams(model=params.model, extra_body=params.extra_body, **chosen)
+
+
 def request_digest(messages: list[dict[str, Any]], params: GenerationParams) -> str:
     """What was sent, as a hash: messages with media as their sha256, plus the generation settings."""
     body = {"messages": media_codec.strip_media(messages), "params": params.model_dump(mode="json")}
@@ -118,5 +127,6 @@ def build_request(sample: Sample, options: RequestOptions) -> ChatRequest:
     if options.system_prompt:
         messages.append({"role": "system", "content": options.system_prompt})
     messages.append({"role": "user", "content": user_content(sample, options)})
-    return ChatRequest(sample_key=sample.key, modality=spec.modality, messages=messages, params=options.params,
-                       digest=request_digest(messages, options.params))
+    params = generation_for(spec, options.params)
+    return ChatRequest(sample_key=sample.key, modality=spec.modality, messages=messages, params=params,
+                       digest=request_digest(messages, params))

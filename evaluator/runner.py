@@ -23,8 +23,8 @@ from evaluator.data import DataSource, SplitRows, count_samples, iter_samples
 from evaluator.export import export_samples
 from evaluator.limits import check_run as check_media_limits
 from evaluator.limits import sample_problem as media_limit_problem
-from evaluator.registry import TaskSpec, resolve_tasks
-from evaluator.requests import RequestOptions, SampleError, build_request, question_text
+from evaluator.registry import TASKS, TaskSpec, resolve_tasks
+from evaluator.requests import RequestOptions, SampleError, build_request, generation_for, question_text
 from evaluator.schema import ChatRequest, Reply, Sample, Split
 from evaluator.store import ExpectedSample, RunStore
 
@@ -53,9 +53,13 @@ class RunConfig(BaseModel):
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same run. Task selection, limits, endpoints and concurrency may change
         between invocations of one run (resume, extend); anything that changes the answers may not."""
+        params = self.options.params
         return {
-            "model": self.options.params.model,
-            "params": self.options.params.model_dump(mode="json"),
+            "model": params.model,
+            # the flags given explicitly, then what every task is generated with (registry + those flags)
+            "params": params.model_dump(mode="json", include=params.model_fields_set - {"model"}),
+            "generation": {name: generation_for(spec, params).model_dump(mode="json", exclude={"model"})
+                           for name, spec in TASKS.items()},
             "media": self.options.model_dump(mode="json", exclude={"params"}),
             "split": self.split,
             "data": self.source.describe(),

@@ -75,7 +75,8 @@ def sample_key(task: str, domain: str | None, split: str, sample_id: int) -> str
 
 
 class GenerationParams(BaseModel):
-    """Sampling settings sent with every request (the leaderboard's by default)."""
+    """Sampling settings. Given as options, only the fields set explicitly count: the others come from each
+    task's registry entry (`requests.generation_for`); on a ChatRequest, what was sent."""
 
     model: str = "google/gemma-4-E4B-it"
     temperature: float = 0.0

@@ -37,12 +37,13 @@ def add_parser(sub) -> None:
     p.add_argument("--concurrency", type=int, default=64, help="Requests in flight (default 64, for a GPU vLLM).")
     p.add_argument("--api-key", default=os.environ.get("MERA_API_KEY") or os.environ.get("OPENAI_API_KEY"),
                    help="Bearer key (env MERA_API_KEY or OPENAI_API_KEY).")
-    g = p.add_argument_group("generation (defaults: the leaderboard's)")
+    g = p.add_argument_group("generation (default: each task's settings in the registry, see `mera-eval tasks`; "
+                             "a flag given here overrides them for every task)")
     g.add_argument("--model", default="", help="Model name to send (default: the endpoint's /v1/models).")
-    g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--max-tokens", type=int, default=10000)
-    g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--stop", nargs="*", default=["<eos>"])
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--max-tokens", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--stop", nargs="*")
     g.add_argument("--extra-body", type=json.loads, default={}, metavar="JSON", help="More request fields.")
     m = p.add_argument_group("media options (off by default = as the leaderboard run)")
     m.add_argument("--audio-part", choices=["audio_url", "input_audio"], default="audio_url")
@@ -68,8 +69,9 @@ def add_parser(sub) -> None:
 
 
 def config_from_args(args) -> RunConfig:
-    params = GenerationParams(model=args.model, temperature=args.temperature, max_tokens=args.max_tokens,
-                              seed=args.seed, stop=args.stop, extra_body=args.extra_body)
+    given = {k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens),
+                               ("seed", args.seed), ("stop", args.stop)) if v is not None}
+    params = GenerationParams(model=args.model, extra_body=args.extra_body, **given)  # only given flags override
     options = RequestOptions(params=params, audio_part=args.audio_part, audio_channels=args.audio_channels,
                              image_max_side=args.image_max_side, video_frames=args.video_frames,
                              system_prompt=args.system_prompt)
