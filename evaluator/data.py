@@ -34,17 +34,6 @@ STREAM_BUFFER = 1 << 20  # read a column chunk's pages through a 1 MB buffer, no
 _ROW_GROUP_DECODE = threading.Lock()
 
 
-def _lean_arrow_memory() -> None:
-    """Media rows are big, short-lived buffers. Arrow's default allocator (mimalloc) keeps what they freed:
-    reading 250 rows of 20 s clips left RSS at 430 MB against 83 MB with the system allocator, which hands
-    large blocks back at once. An explicit ARROW_DEFAULT_MEMORY_POOL is left alone."""
-    import os
-
-    import pyarrow as pa
-
-    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL") and pa.default_memory_pool().backend_name != "system":
-        pa.set_memory_pool(pa.system_memory_pool())
-
 
 class DataError(UserError):
     """The dataset cannot be read; the message says which file or row and why."""
@@ -149,7 +138,6 @@ def parquet_files(spec: TaskSpec, split: Split, data_dir: Path, domain: str | No
 def _iter_local_rows(files: list[Path]) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    _lean_arrow_memory()
     for path in files:
         # pre_buffer (on by default) reads every row group of the file up front: memory would grow with
         # the file; off, memory stays around one row group (the hub writes 100-row groups for media sets).
@@ -253,7 +241,6 @@ def _iter_local_rows_from(files: list[Path], start: int) -> Iterator[tuple[int, 
     group of 20 s clips is ~170 MB), never the file (`read_row_group` would peak at three times)."""
     import pyarrow.parquet as pq
 
-    _lean_arrow_memory()
     position = 0
     for path in files:
         with pq.ParquetFile(path, pre_buffer=False, buffer_size=STREAM_BUFFER) as pf:
