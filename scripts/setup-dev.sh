@@ -27,3 +27,5 @@ if [ -f "$TV" ]; then
 fi
 $PIP install -e ".[dev]"
 "$VENV/bin/python" -c "import vllm, torchvision, server, evaluator; print('setup ok: vllm', vllm.__version__)"
+# Without torchaudio the project's vLLM plugin makes vLLM resample audio with soxr; prove it works.
+"$VENV/bin/python" -m server.audio_check
