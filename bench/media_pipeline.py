@@ -7,7 +7,7 @@ Per task group (images, audio, video, ruTiE dialogues) and scale: samples, wall 
 which sends nothing). Peak RSS must not grow with the rows; where it does, the table shows it.
 
     .venv/bin/python bench/media_pipeline.py [--rows 2] [--scale 10] [--groups image audio video rutie]
-        [-- <extra mera-eval run arguments, e.g. --video-frames 6>]
+        [--video-seconds S] [-- <extra mera-eval run arguments, e.g. --video-frames 6>]
 
 Media come from the media cache ($MERA_MEDIA_CACHE, default ~/.cache/mera-multi/media; the first run renders
 them, a few minutes). Prints one JSON object per measurement and a markdown table at the end.
@@ -39,11 +39,11 @@ GROUPS = {
 CONCURRENCY = 64  # mera-eval run's default
 
 
-def snapshot(tmp: Path, rows: int) -> tuple[Path, float]:
+def snapshot(tmp: Path, rows: int, video_seconds: float | None) -> tuple[Path, float]:
     from evaluator.sample_data import write_sample_data
 
     started = time.monotonic()
-    out = write_sample_data(tmp / f"data-{rows}", per_split=rows)
+    out = write_sample_data(tmp / f"data-{rows}", per_split=rows, video_seconds=video_seconds)
     return out, time.monotonic() - started
 
 
@@ -54,7 +54,7 @@ def bench(args) -> list[dict]:
         with tempfile.TemporaryDirectory(prefix="mera-media-bench-") as tmp_name:
             tmp = Path(tmp_name)
             for rows in (args.rows, args.rows * args.scale):
-                data, write_s = snapshot(tmp, rows)
+                data, write_s = snapshot(tmp, rows, args.video_seconds)
                 size_mb = sum(p.stat().st_size for p in data.rglob("*.parquet")) / 1e6
                 print(json.dumps({"snapshot_rows_per_split": rows, "parquet_mb": round(size_mb, 1),
                                   "write_s": round(write_s, 1)}), flush=True)
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2, help="Rows per task/domain/split at 1x (default 2).")
     parser.add_argument("--scale", type=int, default=10, help="The larger snapshot has this many times the rows.")
     parser.add_argument("--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS))
+    parser.add_argument("--video-seconds", type=float, help="Cut the 30-60 s videos to this length (same codecs).")
     parser.add_argument("extra", nargs="*", help="After `--`: more `mera-eval run` arguments for every run.")
     args = parser.parse_args()
     print(json.dumps({"machine": machine(), "date": datetime.now(UTC).isoformat(timespec="minutes")}), flush=True)
