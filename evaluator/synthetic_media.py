@@ -285,6 +285,9 @@ def _render_video(spec: VideoSpec) -> bytes:
     else:
         codec, options["preset"] = "libx265", "ultrafast"
         options["x265-params"] = "log-level=error:bframes=0:rc-lookahead=5:pools=1:frame-threads=1"
+    if codec not in av.codecs_available:
+        raise RuntimeError(f"this PyAV ({av.__version__}) has no {codec} encoder; its PyPI wheels bundle "
+                           "libx264 and libx265 (pip install 'av>=18')")
     # The luma gradient is fixed; a bright block sweeps across it and the chroma drifts, so sampled
     # frames differ from each other.
     luma = (16 + 180 * (np.arange(w)[None, :] / w * 0.7 + np.arange(h)[:, None] / h * 0.3)).astype(np.uint8)

@@ -53,10 +53,10 @@ def test_every_rate_width_and_channel_count_is_answered(dev_server, baseline_tok
         assert prompt_tokens(dev_server, part) == baseline_tokens, kind
 
 
-def run_all_tasks(server, data_dir, out, *options: str):
+def run_all_tasks(server, data_dir, out, *options: str, concurrency: int = 8):
     result = mera_eval("run", "--endpoint", server.base_url, "--api-key", server.api_key, "--data-dir", data_dir,
-                       "--output", out, "--max-tokens", "2", "--concurrency", "8", "--rutie-history", "2", *options,
-                       timeout=1800)  # fmt: skip
+                       "--output", out, "--max-tokens", "2", "--concurrency", str(concurrency), "--rutie-history", "2",
+                       *options, timeout=1800)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     store = RunStore.open_existing(out)
     replies = list(store.replies())
@@ -75,14 +75,16 @@ def test_all_tasks_with_input_audio_and_images_resized(dev_server, sample_data_d
 
 
 # `--video-frames` decodes every frame of a video before picking N (until the evaluator's bounded sampling
-# lands): about 3 GB for 30 s of 720p, so this runs over the snapshot whose videos are cut to 5 s, same codecs
-# and sizes. MERA_TEST_VIDEO_FRAMES_CLIPS=full runs it over the 30-60 s clips.
+# lands): about 3 GB for 30 s of 720p and ~0.9 GB for 5 s of 1080p. So this runs over the snapshot whose
+# videos are cut to 5 s (same codecs and sizes), two requests in flight. MERA_TEST_VIDEO_FRAMES_CLIPS=full
+# runs it over the 30-60 s clips at the usual concurrency, once decoding is bounded.
 FULL_CLIPS = os.environ.get("MERA_TEST_VIDEO_FRAMES_CLIPS", "short") == "full"
 
 
 def test_all_tasks_with_video_sent_as_six_frames(dev_server, request, tmp_path):
     data_dir = request.getfixturevalue("sample_data_dir" if FULL_CLIPS else "short_video_data_dir")
-    replies, config = run_all_tasks(dev_server, data_dir, tmp_path / "run", "--video-frames", "6")
+    replies, config = run_all_tasks(dev_server, data_dir, tmp_path / "run", "--video-frames", "6",
+                                    concurrency=8 if FULL_CLIPS else 2)
     assert config["media"]["video_frames"] == 6
     videos = [r for r in replies if TASKS[r.task].modality == "video"]
     assert videos and all(r.prompt_tokens > 6 * 250 for r in videos)  # six images of ~280 soft tokens each
