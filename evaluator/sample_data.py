@@ -8,7 +8,7 @@ WAV at 8-96 kHz, 16/24-bit and float, 1/2/6 channels, 11-25 s; 30-60 s H.264 MP4
 and 1080p) stored as `{"bytes", "path"}` structs as `datasets` does, `outputs` (empty in private test
 splits, as on the hub), and `meta` with `id`. ruTiE gets two dialogues of consecutive turns, ids as the
 official code expects. Deterministic for a given seed. The media are rendered once per machine into the
-media cache; the snapshot itself is about 100 MB with the default 4 rows per split and domain.
+media cache; the snapshot itself is about 85 MB with the default 4 rows per split and domain.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ AUDIO_BY_TASK = {
     "ruTiE-Audio": sm.RUTIE_AUDIO,
     "ruSLUn": sm.OTHER_AUDIO,
 }
-IMAGE_VARIANTS = 2  # distinct contents per image/audio profile (each is rendered once per machine, cached)
+VARIANTS = 2  # distinct contents per image/audio profile (each is rendered once per machine, cached)
 
 
 class MediaPlan:
@@ -55,11 +55,11 @@ class MediaPlan:
         offset = list(TASKS).index(task.name)
         if task.modality == "image":
             base = sm.IMAGES[(offset + position) % len(sm.IMAGES)]
-            return base.model_copy(update={"variant": rng.randrange(IMAGE_VARIANTS)})
+            return base.model_copy(update={"variant": rng.randrange(VARIANTS)})
         if task.modality == "audio":
             profiles = AUDIO_BY_TASK.get(task.name, sm.OTHER_AUDIO)
             base = profiles[position % len(profiles)]
-            return base.model_copy(update={"variant": rng.randrange(IMAGE_VARIANTS)})
+            return base.model_copy(update={"variant": rng.randrange(VARIANTS)})
         video = sm.VIDEOS[(offset + position) % len(sm.VIDEOS)]  # one content each: encoding is the slow part
         if self.video_seconds is not None and video.seconds > self.video_seconds:
             video = video.model_copy(update={"seconds": self.video_seconds})

@@ -29,8 +29,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-# Part of every cache key: bump it whenever a renderer's output changes.
-GENERATOR_VERSION = "1"
+# Part of every cache key: bump a kind's version whenever its renderer's output changes (only that kind is
+# rendered anew).
+RENDERER_VERSIONS = {"image": "2", "audio": "1", "video": "1"}
 
 
 class _Spec(BaseModel):
@@ -47,7 +48,7 @@ class _Spec(BaseModel):
         raise NotImplementedError
 
     def cache_name(self) -> str:
-        key = f"{GENERATOR_VERSION}/{type(self).__name__}/{self.model_dump_json()}"
+        key = f"{RENDERER_VERSIONS[self.kind]}/{type(self).__name__}/{self.model_dump_json()}"
         return f"{self.kind}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.{self.extension}"
 
 
@@ -170,7 +171,7 @@ def _render_image(spec: ImageSpec) -> bytes:
     w, h = spec.width, spec.height
     if spec.content == "photo":
         # A smooth gradient "sky" and a few discs: the pixel count of a phone photo at a fraction of its bytes.
-        c0, c1 = rng.integers(20, 235, 3), rng.integers(20, 235, 3)
+        c0, c1 = (rng.integers(20, 235, 3).astype(np.float32) for _ in range(2))  # float32: 12 MP x 3 floats
         xs = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :, None]
         ys = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
         pixels = c0 + (c1 - c0) * (0.6 * xs + 0.4 * ys)
@@ -339,7 +340,7 @@ def default_cache_dir() -> Path:
 
 
 class MediaCache:
-    """Rendered media on disk, one file per spec (named by a hash of the spec and GENERATOR_VERSION).
+    """Rendered media on disk, one file per spec (named by a hash of the spec and its renderer's version).
 
     Safe for several processes at once: a file is written under a temporary name and renamed into place,
     so a reader sees a whole file or none (two writers render the same bytes)."""

@@ -100,7 +100,7 @@ def test_cache_renders_each_spec_once(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [spec.cache_name()]  # no temporary files left
     assert spec.model_copy(update={"variant": 1}).cache_name() != spec.cache_name()
     old_name = spec.cache_name()
-    monkeypatch.setattr(sm, "GENERATOR_VERSION", "changed")  # a changed renderer renders anew
+    monkeypatch.setitem(sm.RENDERER_VERSIONS, "audio", "changed")  # a changed renderer renders anew
     assert cache.path(spec).name != old_name and len(calls) == 2
 
 
