@@ -64,8 +64,9 @@ def test_same_config_reopens_with_its_replies_and_writes_run_json(tmp_path):
 def test_a_changed_config_is_refused_and_names_what_changed(tmp_path):
     RunStore.open(tmp_path, CONFIG).close()
     changed = {**CONFIG, "params": {"temperature": 0.0, "max_tokens": 32}}
-    with pytest.raises(StoreError, match=r"different configuration \(changed: params\).*new --output"):
+    with pytest.raises(StoreError, match=r"different configuration \(changed: params\)") as err:
         RunStore.open(tmp_path, changed)
+    assert err.value.fix == "use a new --output folder for a new run"
     with pytest.raises(StoreError, match="model"):
         RunStore.open(tmp_path, {**CONFIG, "model": "other"})
     assert RunStore.open_existing(tmp_path).run_config() == CONFIG  # the old run is untouched
