@@ -124,6 +124,7 @@ def main(args) -> int:
         return 2
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:>6} /s  errors {task.fields[errors]}"), TimeElapsedColumn())
+    error: UserError | None = None
     with Progress(*columns, console=console, transient=False) as bar:
         rows: dict[str, int] = {}
 
@@ -138,8 +139,11 @@ def main(args) -> int:
         try:
             summary = asyncio.run(run(config, on_progress, on_notice=lambda message: bar.console.print(message)))
         except UserError as exc:
-            console.print(f"mera-eval run: {exc.one_line()}", style="red", markup=False, highlight=False)
-            return exc.exit_code
+            error = exc
+    if error is not None:  # after the bars' last frame, so it is the last line
+        console.print(f"mera-eval run: {error.one_line()}", style="red", markup=False, highlight=False,
+                      soft_wrap=True)  # one line, never wrapped: a log or `grep` gets it whole
+        return error.exit_code
     Console().print(summary_table(summary))
     attempted = max(1, summary.total)
     if summary.errors / attempted > args.max_error_rate:
