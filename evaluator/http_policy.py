@@ -248,7 +248,7 @@ async def perform(http: httpx.AsyncClient, method: str, url: str, *, body: Any =
                     attempt.failure = "oversized"
                     attempt.problem = (f"the reply is over the {_size(max_bytes)} cap (refused after reading "
                                        f"{_size(attempt.read_bytes)})")
-                    attempt.body = b"".join(chunks)[:EXCERPT_CHARS * 4]
+                    attempt.body = b"".join(c for c in chunks[:4])[:EXCERPT_CHARS * 4]  # an excerpt, not a copy
                     return attempt
                 chunks.append(chunk)
         attempt.body = b"".join(chunks)

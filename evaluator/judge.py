@@ -125,7 +125,7 @@ class JudgeClient:
                             on_retry=self._counted_retry)
         if result.decision.action != "ok":  # the request's own fault, or retries exhausted
             status = result.attempt.status
-            where = f"HTTP {status}: " if status and not result.decision.message.startswith("HTTP") else ""
+            where = f"HTTP {status}: " if status and status >= 400 and not result.decision.message.startswith("HTTP") else ""
             raise JudgeError(f"{path}: {where}{result.decision.message}")
         try:
             return json.loads(result.attempt.body)

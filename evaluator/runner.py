@@ -355,6 +355,9 @@ async def run(config: RunConfig, on_progress: ProgressHook | None = None, on_not
         error.__cause__ = exc
     finally:
         store.close()
+        if store.rescued_to is not None and not isinstance(error, StoreWriteError):
+            (on_notice or log.warning)(f"some received replies could not be stored; they are saved in "
+                                       f"{store.rescued_to} and the next run imports them")
     if isinstance(error, StoreWriteError):
         if store.rescued_to is not None:
             kept = f"the replies it could not store are saved in {store.rescued_to} and the next run imports them"

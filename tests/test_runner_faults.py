@@ -406,3 +406,19 @@ async def test_latency_and_queueing_are_stored_apart(sample_data_dir, tmp_path):
     retried = [r for r in replies if r.attempts == 2]
     assert len(retried) == 1 and retried[0].wait_s >= 0 and clock.sleeps  # the backoff went through the clock
     assert all(r.latency_s is not None and r.queue_s is not None for r in replies)
+
+
+async def test_a_rutie_turn_resent_by_retry_errors_does_not_flag_the_later_turns_as_changed(sample_data_dir, tmp_path):
+    """Re-sending a failed turn gives the stored turns after it a new letter in their history: that is no
+    change of the data or the builder, so the resume check leaves them alone (and sends only that turn)."""
+    out = tmp_path / "run"
+    with FaultServer(script=["ok", "400"], answers=["ОТВЕТ B"]) as server:
+        first = await run(config(server, sample_data_dir, out, tasks=["ruTiE-Image"], rutie_history=2, concurrency=1))
+    assert first.errors == 1
+    with FaultServer(answers=["ОТВЕТ C"]) as server:
+        again = await run(config(server, sample_data_dir, out, tasks=["ruTiE-Image"], rutie_history=2,
+                                 retry_errors=True))
+        assert server.chat_requests == 1
+    assert again.sent == 1 and again.errors == 0 and set(stored_keys(out).values()) == {"ok"}
+    with FaultServer() as server:  # and a plain resume afterwards checks and keeps everything
+        assert (await run(config(server, sample_data_dir, out, tasks=["ruTiE-Image"], rutie_history=2))).sent == 0
