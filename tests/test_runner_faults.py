@@ -65,9 +65,10 @@ async def test_a_worker_exception_ends_the_run_in_seconds_with_the_replies_intac
         with pytest.raises(RunAborted) as err:
             await asyncio.wait_for(run(config(server, sample_data_dir, out, concurrency=2)), 30)
         assert time.monotonic() - started < 10
-    assert "RuntimeError: a bug in recording" in str(err.value) and "4 replies are stored" in str(err.value)
+    kept = len(stored_keys(out))  # every reply recorded before the failure (and one the other worker had) is there
+    assert kept in (4, 5) and f"{kept} replies are stored" in str(err.value)
+    assert "RuntimeError: a bug in recording" in str(err.value)
     assert isinstance(err.value.__cause__, RuntimeError) and "report it" in err.value.fix
-    assert len(stored_keys(out)) == 4  # every reply recorded before the failure is there
     RunStore.open_for_run(out).close()  # and the lock was released
 
 
