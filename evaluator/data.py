@@ -36,9 +36,16 @@ class DataSource(BaseModel):
     token: str | None = None  # for gated datasets on the hub
     cache_dir: Path | None = None
     revision: str | None = None
+    # hub id -> the commit a run is pinned to (evaluator.data_identity); streamed instead of `revision`
+    commits: dict[str, str] = {}
 
     def describe(self) -> str:
-        return str(self.data_dir) if self.data_dir else "hf-hub" + (f"@{self.revision}" if self.revision else "")
+        """Where the data comes from, as part of a run's identity; which data exactly is each dataset's
+        revision (`evaluator.data_identity`), so `./data`, `data` and the absolute path are one source."""
+        return "local snapshot" if self.data_dir else "hf-hub"
+
+    def location(self) -> str:
+        return str(self.data_dir.resolve()) if self.data_dir else "hf-hub" + (f"@{self.revision}" if self.revision else "")
 
 
 # --- media ------------------------------------------------------------------------------------
@@ -152,7 +159,8 @@ def _iter_hub_rows(spec: TaskSpec, split: Split, source: DataSource, domain: str
 
     ds = datasets.load_dataset(
         spec.hub_id, domain, split=split, streaming=True, token=source.token,
-        cache_dir=str(source.cache_dir) if source.cache_dir else None, revision=source.revision,
+        cache_dir=str(source.cache_dir) if source.cache_dir else None,
+        revision=source.commits.get(spec.hub_id, source.revision),
     )  # fmt: skip
     # Keep the stored bytes: no decoding through torchcodec or PIL. The media features are nested in
     # `inputs`, which `cast_column` cannot address, so switch decoding off for the whole dataset.

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from evaluator.registry import TaskSpec, get_task
 from evaluator.requests import RequestOptions, SampleError, request_digest, user_content
 from evaluator.schema import ChatRequest, Reply, Sample
+from evaluator.structured import gather_all
 
 if TYPE_CHECKING:
     from evaluator.runner import DispatchContext
@@ -150,22 +151,44 @@ async def run_dialogue(spec: TaskSpec, turns: list[Turn], ctx: DispatchContext) 
     history_len = ctx.config.rutie_history
     fmt: HistoryFormat = ctx.config.rutie_history_format
     answers: dict[int, str] = {}  # question_id -> the model's letter
+    answered_at: dict[int, float] = {}  # question_id -> when its stored reply was written
     encoded: dict[str, list[dict[str, Any]]] = {}  # earlier turns' user parts, encoded once
     done = ctx.store.done_keys(include_errors=not ctx.config.retry_errors)
     for turn in turns:
         sample = turn.sample
-        if sample.key in done:
-            stored = ctx.store.get(sample.key)
-            answers[turn.question_id] = answer_letter(stored.content if stored and stored.status == "ok" else None)
-            ctx.progress[spec.name].skipped += 1
-            ctx.progress[spec.name].errors += bool(stored and stored.status != "ok")  # kept failures still count
-            continue
         history = [(p, answers.get(p.question_id, FALLBACK)) for p in turns
                    if turn.question_id - history_len <= p.question_id < turn.question_id]
         in_window = {p.sample.key for p, _ in history}
         encoded = {k: v for k, v in encoded.items() if k in in_window}  # keep only what later turns replay
+        if sample.key in done:
+            stored = ctx.store.get(sample.key)
+            if await _stored_turn_stands(spec, turn, history, stored, answered_at, ctx, fmt, encoded):
+                answers[turn.question_id] = answer_letter(stored.content if stored and stored.status == "ok" else None)
+                answered_at[turn.question_id] = (stored.created_at or 0.0) if stored else 0.0
+                continue
         reply = await _send_turn(spec, turn, history, ctx, fmt, encoded)
         answers[turn.question_id] = answer_letter(reply.content if reply.status == "ok" else None)
+        answered_at[turn.question_id] = float("inf")  # answered now: later stored turns saw another history
+
+
+async def _stored_turn_stands(spec: TaskSpec, turn: Turn, history: list[tuple[Turn, str]], stored: Reply | None,
+                              answered_at: dict[int, float], ctx: DispatchContext, fmt: HistoryFormat,
+                              encoded: dict[str, list[dict[str, Any]]]) -> bool:
+    """A stored turn is kept unless the request it would get now differs (resume check, as for other tasks).
+    Only checked when its history is the one it was sent with: a turn re-sent later (--retry-errors) gives
+    the turns after it a new letter in their history, which is no change of the data or the builder."""
+    if stored is None:
+        return True
+    history_changed = any(answered_at.get(p.question_id, 0.0) > (stored.created_at or 0.0) for p, _ in history)
+    if ctx.check_stored is None or history_changed:
+        ctx.progress[spec.name].skipped += 1
+        ctx.progress[spec.name].errors += stored.status != "ok"  # kept failures still count
+        return True
+    try:
+        messages = await asyncio.to_thread(build_turn_messages, turn, history, ctx.options, fmt, encoded)
+    except SampleError as exc:
+        return ctx.check_stored(turn.sample, None, exc.problem)
+    return ctx.check_stored(turn.sample, request_digest(messages, ctx.options.params))
 
 
 async def _send_turn(spec: TaskSpec, turn: Turn, history: list[tuple[Turn, str]], ctx: DispatchContext,
@@ -194,6 +217,6 @@ async def _send_turn(spec: TaskSpec, turn: Turn, history: list[tuple[Turn, str]]
 
 async def run_task(spec: TaskSpec, samples: list[Sample], ctx: DispatchContext) -> None:
     """All dialogues of one ruTiE task, in parallel with each other."""
-    await asyncio.gather(*(run_dialogue(spec, turns, ctx) for turns in order_turns(samples)))
+    await gather_all(run_dialogue(spec, turns, ctx) for turns in order_turns(samples))
     if ctx.on_progress:
         ctx.on_progress(spec.name, ctx.progress[spec.name])

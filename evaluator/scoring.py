@@ -59,7 +59,8 @@ class TaskResult(BaseModel):
     expected: int = 0
     ok: int = 0
     invalid_request: int = 0
-    failed: int = 0
+    failed: int = 0  # every non-ok status but invalid_request; `statuses` has them one by one
+    statuses: dict[str, int] = Field(default_factory=dict)
     missing: int = 0
     with_gold: int = 0
     metrics: dict[str, float | None] = Field(default_factory=dict)
@@ -166,7 +167,11 @@ def score_task(spec: TaskSpec, split: str, replies: list[Reply], expected_keys: 
     result.expected = len(expected_keys | replied)
     result.missing = len(expected_keys - replied)
     statuses = Counter(r.status for r in replies)
-    result.ok, result.invalid_request, result.failed = statuses["ok"], statuses["invalid_request"], statuses["failed"]
+    result.statuses = dict(sorted(statuses.items()))
+    # Every reply that is not an answer: rejected (4xx), or failed in any other way (retries exhausted, or a
+    # 200 that is not an answer: no_content, no_choices, not_json, truncated, oversized). None is scored.
+    result.ok, result.invalid_request = statuses["ok"], statuses["invalid_request"]
+    result.failed = sum(statuses.values()) - result.ok - result.invalid_request
     ok = [r for r in replies if r.status == "ok"]
     result.finish_reasons = dict(Counter(r.finish_reason or "?" for r in ok))
     latencies = [r.latency_s for r in ok if r.latency_s is not None]
@@ -255,7 +260,9 @@ def run_problems(results: Results) -> list[str]:
             if task.missing:
                 bad.append(f"{task.missing} missing")
             if task.failed:
-                bad.append(f"{task.failed} failed")
+                kinds = {k: n for k, n in task.statuses.items() if k not in ("ok", "invalid_request")}
+                detail = f" ({', '.join(f'{k} {n}' for k, n in kinds.items())})" if set(kinds) - {"failed"} else ""
+                bad.append(f"{task.failed} failed{detail}")
             if task.invalid_request:
                 bad.append(f"{task.invalid_request} rejected by the server (4xx)")
             if task.judge_unscored:

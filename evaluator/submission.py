@@ -17,11 +17,13 @@ import io
 import json
 import zipfile
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from evaluator.export import TIMESTAMP_FORMAT, log_name, sample_logs
 from evaluator.filters import filtered_output
 from evaluator.registry import TASKS
 from evaluator.schema import Reply
@@ -124,35 +126,17 @@ def validate_files(files: Mapping[str, Any], expected_ids: Mapping[str, set[int]
     return report
 
 
-def newest_logs(paths: list[Path]) -> list[Path]:
-    """The newest `samples_<task>_<timestamp>` file per task (resumed runs export several)."""
-    newest: dict[str, Path] = {}
-    for path in paths:
-        task = path.name.split(".json")[0].rsplit("_", 1)[0]
-        if task not in newest or path.name > newest[task].name:  # the timestamp sorts as text
-            newest[task] = path
-    return sorted(newest.values())
-
-
-def logs_zip_bytes(run_dir: Path) -> bytes | None:
-    """`logs_public.zip` of the run's `samples_*`/`results_*` logs (exported first if absent)."""
-    samples_dir = run_dir / "samples"
-    logs = newest_logs(sorted(samples_dir.glob("samples_*.json*"))) if samples_dir.is_dir() else []
-    if not logs:
-        from evaluator.export import export_samples  # the DISPATCH side's exporter
-
-        store = RunStore.open_existing(run_dir)
-        try:
-            logs = export_samples(store, samples_dir)
-        finally:
-            store.close()
-    logs += sorted(run_dir.glob("results_*.json*"))
+def logs_zip_bytes(store: RunStore) -> bytes | None:
+    """`logs_public.zip`: the `samples_*` logs built from the store now (never from files a previous run
+    left in `samples/`, which are written only when a run ends normally)."""
+    logs = sample_logs(store)
     if not logs:
         return None
+    stamp = datetime.now().strftime(TIMESTAMP_FORMAT)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in logs:
-            zf.write(path, path.name)
+        for lm_task, lines in sorted(logs.items()):
+            zf.writestr(log_name(lm_task, stamp), "\n".join(lines) + "\n")
     return buffer.getvalue()
 
 
@@ -162,9 +146,9 @@ def write_submission(run_dir: Path, out_path: Path | None = None, *, allow_incom
     store = RunStore.open_existing(run_dir)
     try:
         files, expected = build_files(store)
+        logs = logs_zip_bytes(store)
     finally:
         store.close()
-    logs = logs_zip_bytes(run_dir)
     report = validate_files(files, expected, allow_incomplete=allow_incomplete, has_logs=logs is not None)
     if not report.ok:
         raise SubmissionError(report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -12,12 +13,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from evaluator.client import RetryPolicy
-from evaluator.data import DataError, DataSource
-from evaluator.registry import UnknownTaskError
+from evaluator.data import DataSource
+from evaluator.errors import UserError
+from evaluator.http_policy import DEFAULT_MAX_REPLY_BYTES, MiB
 from evaluator.requests import RequestOptions
 from evaluator.runner import RunConfig, RunSummary, TaskProgress, run
 from evaluator.schema import GenerationParams
-from evaluator.store import StoreError
+
+
+def duration(text: str) -> float:
+    """Seconds from `90s`, `10m`, `1.5h` or a bare number of minutes."""
+    value = text.strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(value[-1:], None)
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 60)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 10m, 1h)") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError("a duration cannot be negative")
+    return seconds
 
 
 def add_parser(sub) -> None:
@@ -55,6 +70,14 @@ def add_parser(sub) -> None:
                    help="The server's --limit-mm-per-prompt, to report ruTiE turns that exceed it.")
     r = p.add_argument_group("failures")
     r.add_argument("--retry-errors", action="store_true", help="Re-send samples whose stored reply is an error.")
+    r.add_argument("--rebuild-changed", action="store_true",
+                   help="Re-send stored samples whose request would differ now (changed data or request "
+                   "builder); without it such a resume is refused, naming the sample.")
+    r.add_argument("--wait", type=duration, default=600.0, metavar="DURATION",
+                   help="How long to wait for the endpoint to become ready, e.g. 30s, 10m, 1h (default 10m: a "
+                   "server loading cached weights; 0 = do not wait).")
+    r.add_argument("--max-reply-mb", type=float, default=DEFAULT_MAX_REPLY_BYTES / MiB, metavar="MB",
+                   help="Refuse replies larger than this, unread (default 8; raise it for large logprobs).")
     r.add_argument("--max-attempts", type=int, default=6, help="Tries per request for transient errors.")
     r.add_argument("--timeout", type=json.loads, default={}, metavar="JSON",
                    help='Per-modality timeouts in seconds, e.g. \'{"video": 1800}\'.')
@@ -72,7 +95,9 @@ def config_from_args(args) -> RunConfig:
         endpoints=args.endpoint, output=args.output, tasks=args.tasks, split=args.split,
         source=DataSource(data_dir=args.data_dir, token=args.hf_token, revision=args.revision),
         limit=args.limit, concurrency=args.concurrency, api_key=args.api_key, options=options,
-        timeouts=args.timeout, retry=RetryPolicy(max_attempts=args.max_attempts), retry_errors=args.retry_errors,
+        timeouts=args.timeout, retry=RetryPolicy(max_attempts=args.max_attempts,
+                                                 max_reply_bytes=max(1, int(args.max_reply_mb * MiB))),
+        retry_errors=args.retry_errors, rebuild_changed=args.rebuild_changed, wait_s=args.wait,
         rutie_history=args.rutie_history, rutie_history_format=args.rutie_history_format, mm_limits=args.mm_limits,
     )  # fmt: skip
 
@@ -99,6 +124,7 @@ def main(args) -> int:
         return 2
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:>6} /s  errors {task.fields[errors]}"), TimeElapsedColumn())
+    error: UserError | None = None
     with Progress(*columns, console=console, transient=False) as bar:
         rows: dict[str, int] = {}
 
@@ -111,10 +137,13 @@ def main(args) -> int:
             bar.update(row, completed=p.done + p.skipped, errors=p.errors, rate=rate)
 
         try:
-            summary = asyncio.run(run(config, on_progress))
-        except (StoreError, DataError, UnknownTaskError, ConnectionError) as exc:
-            console.print(f"[red]mera-eval run: {exc}[/red]")
-            return 2
+            summary = asyncio.run(run(config, on_progress, on_notice=lambda message: bar.console.print(message)))
+        except UserError as exc:
+            error = exc
+    if error is not None:  # after the bars' last frame, so it is the last line
+        console.print(f"mera-eval run: {error.one_line()}", style="red", markup=False, highlight=False,
+                      soft_wrap=True)  # one line, never wrapped: a log or `grep` gets it whole
+        return error.exit_code
     Console().print(summary_table(summary))
     attempted = max(1, summary.total)
     if summary.errors / attempted > args.max_error_rate:

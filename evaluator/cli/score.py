@@ -7,12 +7,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from evaluator.errors import UserError
 from evaluator.judge import DEFAULT_JUDGE_MODEL, JudgeConfig
 from evaluator.metrics import DEFAULT_EM, EM_KINDS
 from evaluator.reference import get_reference
 from evaluator.report import publish
 from evaluator.scoring import ScoreOptions, score_run
-from evaluator.store import StoreError
 
 
 def add_parser(sub) -> None:
@@ -46,7 +46,10 @@ def run(args) -> int:
     try:
         ref = get_reference(args.reference)
         results = score_run(args.run_dir, ScoreOptions(em=args.em, corrected=args.corrected, judge=judge))
-    except (StoreError, ValueError) as exc:
+    except UserError as exc:  # a missing store, or a judge that cannot be used (wrong URL or key, never ready)
+        console.print(f"[red]error:[/] {exc.one_line()}")
+        return exc.exit_code
+    except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
     publish(results, args.run_dir, ref, console)
