@@ -194,9 +194,9 @@ async def test_a_failed_write_stops_sending_loses_no_received_reply_and_says_so(
     monkeypatch.setattr(RunStore, "fault_hook", None)
     with FaultServer() as server:  # the disk has room again: the rescued replies are imported, not re-sent
         again = await run(config(server, sample_data_dir, out))
-        resent = {b["messages"][0]["content"][-1]["text"] for b in server.bodies}
+        resent = len(server.bodies)  # (sample texts are not unique: two samples may ask the same question)
     assert again.sent == 12 - 3 - len(rescued) and again.stored == 12 and len(stored_keys(out)) == 12
-    assert not (out / "unsaved-replies.jsonl").exists() and len(resent) == again.sent
+    assert not (out / "unsaved-replies.jsonl").exists() and resent == again.sent
 
 
 async def test_a_write_that_fails_for_a_moment_is_retried_at_the_end_and_nothing_is_rescued(
