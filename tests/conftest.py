@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import PROJECT_ROOT, start_server
+from tests.server_process import DEV_CACHE, start_server
 
 DEV_ARGS = ["--dev"]
 
@@ -15,7 +15,7 @@ DEV_ARGS = ["--dev"]
 @pytest.fixture(scope="session")
 def dev_server():
     server = start_server(DEV_ARGS)
-    server.model_dir = PROJECT_ROOT / ".cache" / "mera-multi" / "tiny-gemma4"
+    server.model_dir = DEV_CACHE / "tiny-gemma4"
     yield server
     server.stop()
 
@@ -23,7 +23,7 @@ def dev_server():
 @pytest.fixture(scope="session")
 def judge_server():
     server = start_server(["--judge", "--dev"])
-    server.model_dir = PROJECT_ROOT / ".cache" / "mera-multi" / "tiny-judge"
+    server.model_dir = DEV_CACHE / "tiny-judge"
     yield server
     server.stop()
 
