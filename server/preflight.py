@@ -48,10 +48,10 @@ def check(settings: ServerSettings) -> None:
     """Raise LaunchError (one line: the problem and the fix) when vLLM cannot serve `settings` here."""
     has_gpu, build = gpu_present(), installed_engine()
     if not settings.dev and not has_gpu:
-        then = "" if build == "cpu" else f" (after {install_hint(False)})"
+        then = "" if build == "cpu" else f"; install it first: {install_hint(False)}"
         raise LaunchError(
             f"no GPU found: {settings.model} is served on an NVIDIA GPU; on this machine use "
-            f"`mera-serve --dev{' --judge' if settings.judge else ''}` (a tiny random model on the CPU){then}"
+            f"`mera-serve --dev{' --judge' if settings.judge else ''}` (a tiny random model on the CPU{then})"
         )
     if build is None:
         raise LaunchError(f"vLLM is not installed (the engine is an extra): {install_hint(has_gpu)}")
