@@ -1,8 +1,8 @@
 """The default reference entry: Gemma-4-E4B-it on the MERA Multi leaderboard, as data.
 
-Source: /work/shared/reference/mera_leaderboard_gemma-4-E4B-it.txt (page copy of the entry created
-2026-04-20; codebase 0f32158). Board figures are as printed. The per-task rows lost their names in
-the copy; how we put the names back:
+Source: the entry's page on the MERA Multi leaderboard (mera.a-ai.ru/en/multi; a copy taken for this
+project, entry created 2026-04-20, codebase 0f32158). Board figures are as printed. The per-task rows
+lost their names in the copy; how we put the names back:
 
 1. Certain: the row with metrics "EM F1" is ruSLUn; the three rows with domain breakdowns are, by
    their domain names, UniScienceVQA (culture, business, medicine, ...), SchoolScienceVQA (biology,

@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from mera_multi.version import add_version_flag
+from server import preflight
 from server.guard.config import GuardSettings
 from server.launch import LaunchError, run, shell_command, vllm_argv, vllm_env
 from server.settings import ServerSettings
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--print-config", action="store_true", help="Print the effective settings and vLLM command.")
+    add_version_flag(parser)
     _add_fields(parser.add_argument_group("server settings (env MERA_SERVE_<NAME>)"), ServerSettings)
     _add_fields(parser.add_argument_group("guard settings (env MERA_SERVE_GUARD__<NAME>)"), GuardSettings, "guard_")
     return parser
@@ -113,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print_config(settings)
             return 0
+        preflight.check(settings)  # engine installed, GPU present: one line naming the fix otherwise
         return run(settings)
     except ValidationError as exc:
         print(f"mera-serve: invalid configuration: {_one_line(exc)}", file=sys.stderr)

@@ -13,10 +13,11 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chat_templates import template_path
+from server.cache_dir import default_cache_dir
 from server.guard.config import GuardSettings
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-LEADERBOARD_TEMPLATE = PROJECT_ROOT / "chat_templates" / "gemma4_mera.jinja"
+LEADERBOARD_TEMPLATE = template_path()  # package data: found in a checkout and in any install
 LEADERBOARD_MODEL = "google/gemma-4-E4B-it"
 JUDGE_MODEL = "MERA-evaluation/MERA_Answer_judge"
 DEV_MODEL_NAME = "mera-dev/tiny-gemma-4"
@@ -62,7 +63,10 @@ class ServerSettings(BaseSettings):
     download_dir: Path | None = Field(None, description="Where weights are downloaded (default: the HF cache).")
     dev: bool = Field(False, description="Serve the tiny random Gemma-4 built offline (CPU development).")
     judge: bool = Field(False, description="Serve the JudgeScore classifier instead of the chat model.")
-    cache_dir: Path = Field(PROJECT_ROOT / ".cache" / "mera-multi", description="Where dev checkpoints are built.")
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="Where dev checkpoints are built (default: $XDG_CACHE_HOME/mera-multi or ~/.cache/mera-multi).",
+    )
     extra_args: list[str] = Field(default_factory=list, description="More vLLM arguments, passed through as is.")
     guard: GuardSettings = Field(default_factory=GuardSettings, description="Request guard (server/guard).")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import PROJECT_ROOT, start_server
+from tests.server_process import DEV_CACHE, start_server
 
 DEV_ARGS = ["--dev"]
 # Generated test media (evaluator/synthetic_media.py) are cached inside the work tree, for this process
@@ -20,7 +20,7 @@ MEDIA_CACHE = Path(os.environ.setdefault("MERA_MEDIA_CACHE", str(PROJECT_ROOT / 
 @pytest.fixture(scope="session")
 def dev_server():
     server = start_server(DEV_ARGS)
-    server.model_dir = PROJECT_ROOT / ".cache" / "mera-multi" / "tiny-gemma4"
+    server.model_dir = DEV_CACHE / "tiny-gemma4"
     yield server
     server.stop()
 
@@ -28,7 +28,7 @@ def dev_server():
 @pytest.fixture(scope="session")
 def judge_server():
     server = start_server(["--judge", "--dev"])
-    server.model_dir = PROJECT_ROOT / ".cache" / "mera-multi" / "tiny-judge"
+    server.model_dir = DEV_CACHE / "tiny-judge"
     yield server
     server.stop()
 

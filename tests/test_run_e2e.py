@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import resource
 import signal
 import sqlite3
@@ -20,6 +21,9 @@ from evaluator.registry import TASKS
 from evaluator.store import RunStore
 from tests.faults import FaultServer
 from tests.server_process import PROJECT_ROOT, child_env, start_server
+
+# The export's `_<timestamp>.jsonl` tail (evaluator/export.py TIMESTAMP_FORMAT, any year).
+EXPORT_STAMP = re.compile(r"_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d+\.jsonl$")
 
 
 def mera_eval(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -97,7 +101,7 @@ def test_every_task_completes_on_the_dev_server(dev_server, sample_data_dir, tmp
     rutie = sorted((r for r in replies if r.task == "ruTiE-Image" and r.meta["dialog_id"] == 0),
                    key=lambda r: r.meta["question_id"])
     assert rutie[2].meta["submission_id"] == rutie[2].meta["question_id"] + 11
-    exports = sorted(p.name.split("_2026")[0] for p in (out / "samples").glob("samples_*.jsonl"))
+    exports = sorted(EXPORT_STAMP.sub("", p.name) for p in (out / "samples").glob("samples_*.jsonl"))
     assert "samples_rucommonvqa" in exports and "samples_unisciencevqa_business" in exports
     # Re-running the same command sends nothing.
     again = mera_eval("run", "--endpoint", dev_server.base_url, "--api-key", dev_server.api_key,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -36,11 +37,10 @@ def raw_rows(root: Path, name: str, split: str) -> list[tuple[str | None, dict]]
 
 
 def test_templates_are_the_reference_ones():
-    reference = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mera_prompt_templates"
-    if not reference.is_dir():
-        pytest.skip("reference templates not on this machine")
-    for name in TASKS:
-        assert templates(name) == json.loads((reference / f"{name}.json").read_text(encoding="utf-8"))["templates"]
+    reference = json.loads((Path(__file__).parent / "fixtures" / "mera_prompt_templates.sha256.json").read_text())
+    assert sorted(reference) == sorted(TASKS)
+    shipped = {name: hashlib.sha256((TEMPLATES_DIR / f"{name}.json").read_bytes()).hexdigest() for name in TASKS}
+    assert shipped == reference
 
 
 def test_hub_layout_feature_types_and_size(sample_data_dir):

@@ -85,6 +85,6 @@ def test_port_in_use_is_one_line():
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        result = _run_cli("--host", "127.0.0.1", "--port", str(port))
+        result = _run_cli("--dev", "--host", "127.0.0.1", "--port", str(port))  # --dev: without a GPU the default mode stops first
     assert result.returncode == 2
     assert f"port {port}" in result.stderr and "in use" in result.stderr and "Traceback" not in result.stderr

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from mera_multi.version import add_version_flag
+
 # Each command module exposes `add_parser(subparsers)`, which registers its sub-command
 # and sets `func` (called with the parsed args; returns the exit status).
 COMMAND_MODULES = ["tasks", "sample_data", "run", "score", "report", "submit"]
@@ -17,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the MERA Multi benchmark against OpenAI-compatible endpoints, "
         "score it the way the leaderboard does, and write reports and the submission zip.",
     )
+    add_version_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"evaluator.cli.{name}").add_parser(sub)
