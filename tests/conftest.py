@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import DEV_CACHE, start_server
+from tests.server_process import DEV_CACHE, PROJECT_ROOT, start_server
 
 DEV_ARGS = ["--dev"]
 # Generated test media (evaluator/synthetic_media.py) are cached inside the work tree, for this process
