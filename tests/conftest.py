@@ -9,7 +9,9 @@ import pytest
 
 from tests.server_process import PROJECT_ROOT, start_server
 
-DEV_ARGS = ["--dev"]
+# Short slow-client deadlines, so the guard's live tests see them pass in seconds, not minutes.
+HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 5, 30
+DEV_ARGS = ["--dev", "--guard.header-timeout-s", str(HEADER_TIMEOUT_S), "--guard.body-timeout-s", str(BODY_TIMEOUT_S)]
 
 
 @pytest.fixture(scope="session")

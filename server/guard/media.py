@@ -67,9 +67,16 @@ def sniff(data: bytes) -> Sniffed | None:
     return None
 
 
+try:  # vLLM's own base64 decoder (a vLLM dependency): the same verdicts, several times faster
+    from pybase64 import b64decode as _b64decode
+except ImportError:  # the guard around another app
+    _b64decode = base64.b64decode
+
+
 def decode_base64(text: str) -> bytes:
+    """Strict base64, as vLLM decodes media (`pybase64.b64decode(data, validate=True)`)."""
     try:
-        return base64.b64decode(text, validate=True)
+        return _b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise MediaError(f"invalid base64 data ({exc})") from None
 
