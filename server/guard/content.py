@@ -30,7 +30,7 @@ from server.guard.media import (
 )
 from server.guard.parts import Kind, Part, classify
 from server.guard.remote import MediaFetcher
-from server.guard.routes import REFUSED_BECAUSE, Located, LocatedPart, Rewrite, Shape, locate
+from server.guard.routes import REFUSED_BECAUSE, Located, Rewrite, Shape, locate
 
 # Bodies above this are parsed and checked in a worker thread, so the event loop (which also
 # streams every other client's tokens) is never blocked for more than a millisecond or two.
@@ -258,5 +258,3 @@ class ContentValidator:
         else:
             raw[key] = data_url
 
-
-__all__ = ["ContentValidator", "INLINE_THRESHOLD", "LocatedPart", "Outcome", "media_refs"]
