@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from server.errors import LaunchError
+from server.guard.budgets import as_int
 from server.guard.config import GuardSettings
 from server.settings import ServerSettings
 
@@ -114,11 +115,13 @@ def guard_settings(settings: ServerSettings) -> GuardSettings:
         )
     if "context_tokens" not in guard.model_fields_set:
         update["context_tokens"] = settings.max_model_len
-    video = _media_io_kwargs(settings.extra_args).get("video") or {}
-    if "num_frames" in video and "video_num_frames" not in guard.model_fields_set:
-        update["video_num_frames"] = int(video["num_frames"])
-    if "fps" in video and "video_fps" not in guard.model_fields_set:
-        update["video_fps"] = float(video["fps"])
+    video = _media_io_kwargs(settings.extra_args).get("video")
+    video = video if isinstance(video, dict) else {}
+    frames, fps = as_int(video.get("num_frames")), video.get("fps")
+    if frames is not None and "video_num_frames" not in guard.model_fields_set:
+        update["video_num_frames"] = frames
+    if isinstance(fps, int | float) and "video_fps" not in guard.model_fields_set:
+        update["video_fps"] = float(fps)
     return guard.model_copy(update=update)
 
 

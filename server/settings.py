@@ -50,7 +50,8 @@ class ServerSettings(BaseSettings):
     max_model_len: int = Field(10000, gt=0, description="Context length (the leaderboard's 10000).")
     seed: int = Field(1234, description="Engine seed (the leaderboard's 1234).")
     host: str = Field(
-        "127.0.0.1", description="Address to listen on (loopback; the container sets 0.0.0.0, which needs a key)."
+        "127.0.0.1", description="Address to listen on (loopback by default; any other address needs an API key or "
+        "allow_unauthenticated)."
     )
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     api_key: SecretStr | None = Field(
