@@ -71,10 +71,11 @@ def _command_line_model() -> type[BaseSettings]:
 def build_parser() -> _Parser:
     parser = _Parser(
         prog="mera-serve",
-        description="Serve a Gemma-4 model with vLLM's own OpenAI-compatible server, configured as the "
-        "MERA Multi leaderboard run (bf16, custom chat template, seed 1234, context 10000). Every option is "
-        "also an environment variable MERA_SERVE_<NAME> (guard options MERA_SERVE_GUARD__<NAME>); the API key "
-        "comes only from MERA_SERVE_API_KEY / VLLM_API_KEY or MERA_SERVE_API_KEY_FILE.",
+        description="Serve a Gemma-4 model with vLLM's own OpenAI-compatible server, configured as the\n"
+        "MERA Multi leaderboard run (bf16, custom chat template, seed 1234, context 10000).\n\n"
+        "Every option is also an environment variable MERA_SERVE_<NAME> (guard options\n"
+        "MERA_SERVE_GUARD__<NAME>); flags win. The API key comes only from MERA_SERVE_API_KEY /\n"
+        "VLLM_API_KEY or the file MERA_SERVE_API_KEY_FILE, never from the command line.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # `--max-model` must not silently mean `--max-model-len`
