@@ -10,7 +10,10 @@ import pytest
 
 from tests.server_process import DEV_CACHE, PROJECT_ROOT, start_server
 
-DEV_ARGS = ["--dev"]
+# Short slow-client deadlines, so the guard's live tests see them pass in seconds, not minutes.
+HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 5, 30
+DEV_ARGS = ["--dev", "--guard.header-timeout-s", str(HEADER_TIMEOUT_S), "--guard.body-timeout-s", str(BODY_TIMEOUT_S)]
+
 # Generated test media (evaluator/synthetic_media.py) are cached inside the work tree, for this process
 # and the mera-eval/mera-serve processes the tests start; the first session renders them (minutes), later
 # ones reuse them.
