@@ -24,7 +24,6 @@ from pydantic import ValidationError, create_model
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsError
 
 from mera_multi.version import add_version_flag
-from server import preflight
 from server.errors import ServeError, SettingsProblem
 from server.guard.config import GuardSettings
 from server.launch import run, shell_command, vllm_argv, vllm_env
@@ -141,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print_config(settings)
             return 0
-        preflight.check(settings)  # engine installed, GPU present: one line naming the fix otherwise
         return run(settings)
     except KeyboardInterrupt:
         print("mera-serve: interrupted", file=sys.stderr)

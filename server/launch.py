@@ -16,13 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from server import preflight
 from server.errors import LaunchError
 from server.guard.budgets import as_int
 from server.guard.config import GuardSettings
 from server.settings import ServerSettings
 
 GUARD_MIDDLEWARE = "server.guard.app.GuardMiddleware"
-__all__ = ["LaunchError", "guard_settings", "preflight", "run", "shell_command", "vllm_argv", "vllm_env"]
+__all__ = ["LaunchError", "guard_settings", "check_settings", "run", "shell_command", "vllm_argv", "vllm_env"]
 
 
 def model_path(settings: ServerSettings) -> str:
@@ -149,8 +150,9 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def preflight(settings: ServerSettings) -> list[str]:
-    """Problems found before vLLM starts (raised as LaunchError), and warnings to print."""
+def check_settings(settings: ServerSettings) -> list[str]:
+    """Problems of the configuration itself, found before vLLM starts (raised as LaunchError), and
+    warnings to print. They come before the checks of this machine (`server.preflight`)."""
     warnings = []
     has_key = settings.api_key is not None and bool(settings.api_key.get_secret_value())
     if not has_key and not is_loopback(settings.host):
@@ -207,7 +209,9 @@ def shell_command(argv: list[str]) -> str:
 
 def run(settings: ServerSettings) -> int:
     """Start vLLM, forward SIGTERM/SIGINT to it, and return its exit status."""
-    for warning in preflight(settings):
+    warnings = check_settings(settings)
+    preflight.check(settings)  # engine installed, GPU present: one line naming the fix otherwise
+    for warning in warnings:
         print(f"mera-serve: {warning}", file=sys.stderr)
     check_port_free(settings.host, settings.port)
     model = model_path(settings)

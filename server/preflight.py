@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from server import cpu_fixes
-from server.launch import LaunchError
+from server.errors import LaunchError
 from server.settings import ServerSettings
 
 Engine = Literal["gpu", "cpu"]

@@ -209,13 +209,13 @@ def test_the_key_is_not_a_flag_and_comes_from_a_file(monkeypatch, tmp_path):
 
 
 def test_loopback_by_default_and_a_loud_warning_when_open_on_purpose(monkeypatch):
-    from server.launch import preflight
+    from server.launch import check_settings
 
     _clean_env(monkeypatch)
-    assert ServerSettings().host == "127.0.0.1" and preflight(ServerSettings()) == []
-    warnings = preflight(ServerSettings(host="0.0.0.0", allow_unauthenticated=True))
+    assert ServerSettings().host == "127.0.0.1" and check_settings(ServerSettings()) == []
+    warnings = check_settings(ServerSettings(host="0.0.0.0", allow_unauthenticated=True))
     assert len(warnings) == 1 and warnings[0].startswith("WARNING") and "no API key" in warnings[0]
-    assert preflight(ServerSettings(host="0.0.0.0", api_key="k")) == []
+    assert check_settings(ServerSettings(host="0.0.0.0", api_key="k")) == []
 
 
 def test_the_guard_is_told_what_it_must_know_about_the_server(monkeypatch):
