@@ -23,6 +23,7 @@ from evaluator.data import DataSource, count_samples, iter_samples
 from evaluator.export import export_samples
 from evaluator.registry import TaskSpec, resolve_tasks
 from evaluator.requests import RequestOptions, SampleError, build_request, question_text
+from evaluator.runinfo import invocation_record
 from evaluator.schema import ChatRequest, Reply, Sample, Split
 from evaluator.store import ExpectedSample, RunStore
 
@@ -223,6 +224,7 @@ class Runner:
 async def run(config: RunConfig, on_progress: ProgressHook | None = None) -> RunSummary:
     """Run (or resume) a whole evaluation; returns per-task counts. The store lives in `config.output`."""
     started = time.monotonic()
+    invocation = invocation_record(config.endpoints, time.time())  # for the report: when, against what
     async with ChatClient(config.endpoints, api_key=config.api_key, concurrency=config.concurrency,
                           timeouts=config.timeouts, retry=config.retry) as client:
         await client.wait_healthy(timeout=config.retry.max_downtime_s)
@@ -231,10 +233,16 @@ async def run(config: RunConfig, on_progress: ProgressHook | None = None) -> Run
             config = config.model_copy(update={"options": config.options.model_copy(
                 update={"params": config.options.params.model_copy(update={"model": model})})})
         store = RunStore.open(config.output, config.identity())
+        runner = None
         try:
+            store.record_invocation(invocation)
             runner = Runner(config, store, client, on_progress)
             await runner.run()
             export_samples(store, config.output / "samples")
         finally:
-            store.close()
+            try:
+                if runner is not None:  # an end is recorded for interrupted invocations too
+                    store.record_invocation({**invocation, "ended_at": time.time(), "sent": runner.sent})
+            finally:
+                store.close()
         return RunSummary(runner.progress, time.monotonic() - started, runner.sent, client.retries, config.output)

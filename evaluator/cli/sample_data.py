@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from evaluator.checks import check_output_dir
 from evaluator.sample_data import write_sample_data
 
 
@@ -18,6 +19,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
+    check_output_dir(args.out_dir, flag="")
     started = time.monotonic()
     out = write_sample_data(args.out_dir, per_split=args.per_split, seed=args.seed, tasks=args.tasks)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
