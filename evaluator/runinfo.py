@@ -70,12 +70,20 @@ class RunInfo(BaseModel):
         return 60.0 * self.sent / self.duration_s
 
 
+_GENERATION_ORDER = ("temperature", "max_tokens", "seed", "stop", "extra_body")
+
+
+def _ordered(settings: dict[str, Any], first: tuple[str, ...]) -> dict[str, Any]:
+    """The usual settings in their usual order, then any others (run.json stores keys sorted)."""
+    return {**{k: settings[k] for k in first if k in settings}, **{k: v for k, v in settings.items() if k not in first}}
+
+
 def run_info(store: RunStore, judge: str | None = None) -> RunInfo:
     config = store.run_config()
     records = store.invocations()
     info = RunInfo(
         model=config.get("model"), split=config.get("split"), data=config.get("data"), judge=judge,
-        generation={k: v for k, v in (config.get("params") or {}).items() if k != "model"},
+        generation=_ordered({k: v for k, v in (config.get("params") or {}).items() if k != "model"}, _GENERATION_ORDER),
         media={**(config.get("media") or {}),
                **{k: v for k, v in config.items() if k not in ("model", "params", "media", "split", "data")}},
         invocations=len(records),
@@ -137,5 +145,6 @@ def header_lines(info: RunInfo) -> list[tuple[str, str]]:
         ("generation", settings_text(info.generation)),
         ("media", settings_text(info.media)),
         ("judge", info.judge or "none (JudgeScore absent)"),
-        ("evaluator", f"mera-multi {', '.join(info.evaluator_versions) or '?'} (scored by {info.scored_by})"),
+        ("evaluator", f"mera-multi {', '.join(info.evaluator_versions) or '(version not recorded)'} "
+                      f"(scored by {info.scored_by})"),
     ]

@@ -45,7 +45,7 @@ def split_table(results: Results, split: SplitResult, ref: ReferenceEntry | None
     for b in boards[:-1]:
         for t in (t for t in tasks if t.board == b.label):
             values = list(t.metric_values[: len(labels)]) + [""] * (len(labels) - len(t.metric_values))
-            if tuple(t.metric_labels) != tuple(labels) and values:  # ruHHH, ruSLUn: say which metrics these are
+            if tuple(t.metric_labels) != tuple(labels) and values[0] != "—":  # ruHHH, ruSLUn: which metrics
                 values[0] += notes.mark(f"{t.name}: {', '.join(t.metric_labels)}")
             errors = Text(str(t.errors), style="red") if t.errors else ""
             rows.append([t.name, t.score, t.reference, *values, t.ok_expected, errors, t.latency, t.throughput])
