@@ -28,7 +28,7 @@ from evaluator.scoring import Results, SplitResult
 
 # Header facts a terminal shows (all of them are in report.md / report.html / results.json).
 THROUGHPUT_HEADER = "samples/min†"
-_TERMINAL_HEADER = ("model", "endpoint", "split", "date", "generation", "media", "scoring", "judge")
+_TERMINAL_HEADER = (("model", "endpoint", "split", "date"), ("generation", "media"), ("scoring", "judge"))
 
 
 def split_table(results: Results, split: SplitResult, ref: ReferenceEntry | None, width: int, notes: Notes):
@@ -71,8 +71,11 @@ def domain_table(split: SplitResult, ref: ReferenceEntry | None, width: int):
 
 def print_results(results: Results, ref: ReferenceEntry | None, console: Console, *, domains: bool = False) -> None:
     facts = dict(header(results))
-    console.print(Text(f"{results.run_dir}: ", style="bold") + Text(
-        " · ".join(f"{k} {facts[k]}" for k in _TERMINAL_HEADER if facts.get(k) not in (None, "—"))))
+    console.print(Text(results.run_dir, style="bold"))
+    for group in _TERMINAL_HEADER:
+        shown = [f"{k} {facts[k]}" for k in group if facts.get(k) not in (None, "—")]
+        if shown:
+            console.print("  " + " · ".join(shown))
     if results.problems:
         console.print("Problems:")
         for problem in results.problems:
