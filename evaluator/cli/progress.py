@@ -10,6 +10,7 @@ drives; the clock is injectable so tests need not wait.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -176,6 +177,20 @@ class LiveProgress:
         info = " · ".join(s for s in (f"{rate:.1f}/s" if rate else "", f"ETA {duration(eta)}" if eta else "",
                                       f"{self.tally.errors} errors") if s)
         self.bars.update(self.overall, total=self.tally.total, completed=self.tally.finished, info=info)
+
+
+class ConsoleLog(logging.Handler):
+    """The evaluator's warnings (a sample that failed, and why) through the progress console: above the
+    bars on a terminal, as time-stamped lines in a log."""
+
+    def __init__(self, console: Console, wallclock: Callable[[], str] = lambda: time.strftime("%H:%M:%S")) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+        self.wallclock = wallclock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(f"[{self.wallclock()}] {record.getMessage()}", markup=False, highlight=False,
+                           soft_wrap=True)
 
 
 def make_progress(console: Console, interval: float) -> LiveProgress | LogProgress:

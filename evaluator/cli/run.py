@@ -7,6 +7,7 @@ network; a mistake is reported before anything waits for an endpoint.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from evaluator.cli.args import (
     share,
     timeouts,
 )
-from evaluator.cli.progress import make_progress
+from evaluator.cli.progress import ConsoleLog, make_progress
 from evaluator.cli.tables import make_console
 from evaluator.client import RetryPolicy
 from evaluator.data import DataSource
@@ -163,13 +164,19 @@ def main(args) -> int:
                   "(see README); the leaderboard run used none.", style="yellow")
     config = config_from_args(args)  # a bad value: one line (pydantic's errors, by flag)
     preflight(config)  # tasks, data, output folder: before anything waits for the network
-    display = make_progress(make_console(stderr=True), args.progress_interval)
+    progress_console = make_console(stderr=True)
+    display = make_progress(progress_console, args.progress_interval)
+    log = logging.getLogger("evaluator")
+    handler = ConsoleLog(progress_console)
+    log.addHandler(handler)
     try:
         with display:
             summary = asyncio.run(_run(config, display))
     except KeyboardInterrupt:
         err.print(f"mera-eval run: {interrupted(config.output)}")
         return INTERRUPTED
+    finally:
+        log.removeHandler(handler)
     stored = summary.total - summary.sent
     out.print(f"{summary.output}: {summary.total} samples ({summary.sent} sent, {stored} already stored, "
               f"{summary.retries} retries) in {duration(summary.seconds)}")
