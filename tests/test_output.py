@@ -102,7 +102,7 @@ def test_log_progress_writes_a_line_every_interval_and_at_each_task_end():
         display.tick()  # within the interval of the last line: no line
     lines = buffer.getvalue().splitlines()
     assert lines == [
-        "[12:00:00] ruCLEVR done: 4/4 (1 errors) in 3s",
+        "[12:00:00] ruCLEVR done: 4/4 (1 error) in 3s",
         # first reply at +1 s, 4 replies by +10 s: 0.44/s, 6 to go
         "[12:00:00] 4/10 samples (40%) · 0.4/s · ETA 14s · 1 error · 1 of 2 tasks done, 0 running, 1 waiting",
         "[12:00:00] done: 4/10 samples (40%) · 0.3/s · ETA 18s · 1 error",

@@ -26,6 +26,10 @@ Clock = Callable[[], float]
 NAME_WIDTH = max(len(name) for name in TASKS)  # bars start in one column
 
 
+def n_errors(n: int) -> str:
+    return f"{n} error{'s' if n != 1 else ''}"
+
+
 @dataclass
 class Tally:
     """Per-task counts as the runner reports them, and when each task started and ended."""
@@ -93,7 +97,7 @@ class Tally:
         eta = self.eta()
         if eta is not None and self.finished < (total or 0):
             parts.append(f"ETA {duration(eta)}")
-        parts.append(f"{self.errors} error{'s' if self.errors != 1 else ''}")
+        parts.append(n_errors(self.errors))
         return " · ".join(parts)
 
 
@@ -124,7 +128,7 @@ class LogProgress:
         if self.tally.update(task, p):
             took = self.tally.ended[task] - self.tally.started[task]
             stored = f", {p.skipped} already stored" if p.skipped else ""
-            self._line(f"{task} done: {p.done + p.skipped}/{p.total} ({p.errors} errors{stored}) in {duration(took)}")
+            self._line(f"{task} done: {p.done + p.skipped}/{p.total} ({n_errors(p.errors)}{stored}) in {duration(took)}")
 
     def tick(self) -> None:
         now = self.clock()
@@ -165,7 +169,7 @@ class LiveProgress:
         row = self.rows[task]
         if task in self.tally.started and self.bars.tasks[self.rows[task]].start_time is None:
             self.bars.start_task(row)  # the clock runs from the task's first reply, not from the run's start
-        info = " ".join(s for s in (f"{p.errors} errors" if p.errors else "",
+        info = " ".join(s for s in (n_errors(p.errors) if p.errors else "",
                                     f"{p.skipped} stored" if p.skipped else "") if s)
         self.bars.update(row, total=p.total, completed=p.done + p.skipped, info=info)
         if task in self.tally.ended:
@@ -175,7 +179,7 @@ class LiveProgress:
     def tick(self) -> None:
         rate, eta = self.tally.rate(), self.tally.eta()
         info = " · ".join(s for s in (f"{rate:.1f}/s" if rate else "", f"ETA {duration(eta)}" if eta else "",
-                                      f"{self.tally.errors} errors") if s)
+                                      n_errors(self.tally.errors)) if s)
         self.bars.update(self.overall, total=self.tally.total, completed=self.tally.finished, info=info)
 
 
