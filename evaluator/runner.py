@@ -21,6 +21,7 @@ On resume the request each stored sample would get now is rebuilt and compared w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ from evaluator.export import export_samples
 from evaluator.http_policy import Clock
 from evaluator.registry import TaskSpec, resolve_tasks
 from evaluator.requests import RequestOptions, SampleError, build_request, question_text
+from evaluator.runinfo import invocation_record
 from evaluator.schema import ChatRequest, Reply, Sample, Split
 from evaluator.store import ExpectedSample, RunStore, StoreWriteError
 from evaluator.structured import ThreadFeed, primary_cause
@@ -304,6 +306,7 @@ async def run(config: RunConfig, on_progress: ProgressHook | None = None, on_not
     `RunInterrupted` on Ctrl-C, the endpoint's errors, `StoreWriteError`, `ChangedRequestError`,
     `DataError`, and `RunAborted` wrapping anything unexpected."""
     started = time.monotonic()
+    invocation = invocation_record(config.endpoints, time.time())  # for the report: when, against what
     # 1. Local checks, no network: endpoint URLs, tasks, the data folder and its layout (row counts).
     endpoints = [normalise_endpoint(url) for url in config.endpoints]
     specs = resolve_tasks(config.tasks)
@@ -326,6 +329,7 @@ async def run(config: RunConfig, on_progress: ProgressHook | None = None, on_not
                 config = _with_model(config, await client.served_model())
             store.bind(config.identity())
             store.set_dataset_revisions(revisions)
+            store.record_invocation(invocation)
             runner = Runner(config, store, client, on_progress)
             await runner.run(specs, totals)
             try:
@@ -354,6 +358,9 @@ async def run(config: RunConfig, on_progress: ProgressHook | None = None, on_not
                            fix="this is a bug in mera-eval: please report it (--debug shows the traceback)")
         error.__cause__ = exc
     finally:
+        if runner is not None:  # an end is recorded for interrupted invocations too
+            with contextlib.suppress(StoreWriteError):  # a full disk is reported as such, not as this
+                store.record_invocation({**invocation, "ended_at": time.time(), "sent": runner.sent})
         store.close()
         if store.rescued_to is not None and not isinstance(error, StoreWriteError):
             (on_notice or log.warning)(f"some received replies could not be stored; they are saved in "

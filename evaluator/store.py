@@ -459,3 +459,14 @@ class RunStore:
         ):
             counts.setdefault(task, {})["missing"] = n
         return counts
+
+    # --- invocations (who ran this folder, when, against what) ---------------------------------------
+    def record_invocation(self, info: dict[str, Any]) -> None:
+        """Upsert one invocation of `mera-eval run` (keyed by its `started_at`): endpoints, times, counts.
+        Kept in the `run` table, so the report can say when and against what the run was made."""
+        row = (f"invocation:{info['started_at']:.6f}", json.dumps(info, default=str))
+        self._write("invocation", lambda c: c.execute("INSERT OR REPLACE INTO run VALUES (?, ?)", row))
+
+    def invocations(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT value FROM run WHERE key LIKE 'invocation:%' ORDER BY key")
+        return [json.loads(value) for (value,) in rows]

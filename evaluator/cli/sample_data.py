@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from evaluator.checks import check_output_dir
 from evaluator.sample_data import write_sample_data
 from evaluator.synthetic_media import MediaCache
 
@@ -32,6 +33,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
+    check_output_dir(args.out_dir, flag="")
     started = time.monotonic()
     cache = MediaCache(args.media_cache)
     if not cache.root.is_dir():
