@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evaluator.data import check_local_snapshot
+from evaluator.endpoints import normalise_endpoint
 from evaluator.errors import UserError
 from evaluator.registry import TaskSpec, resolve_tasks
 
@@ -50,7 +51,10 @@ def check_output_dir(path: Path, flag: str = "--output") -> None:
 
 
 def preflight(config: RunConfig) -> list[TaskSpec]:
-    """Everything `run` can check without the network; returns the chosen tasks."""
+    """Everything `run` can check without the network; returns the chosen tasks. The output folder comes
+    last: it is created here, so nothing is left behind by a mistake found earlier."""
+    for url in config.endpoints:
+        normalise_endpoint(url)  # a URL without a scheme, or not http(s)
     specs = resolve_tasks(config.tasks)
     check_local_snapshot(config.source, specs, config.split)
     check_output_dir(config.output)

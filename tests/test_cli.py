@@ -30,11 +30,16 @@ def mera_eval(*args, timeout: float = 120, prefix: tuple[str, ...] = ()) -> subp
                           env=child_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def one_line_error(result: subprocess.CompletedProcess, *needles: str, command: str = "run") -> str:
-    """The shape every user error has: non-zero exit, exactly one stderr line naming the command."""
+def one_line_error(result: subprocess.CompletedProcess, *needles: str, command: str = "run",
+                   after_progress: bool = False) -> str:
+    """The shape every user error has: non-zero exit, exactly one stderr line naming the command (the last
+    one, after the run's own progress lines, for an error in the middle of a run)."""
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
+    if after_progress:
+        assert all(line.startswith("[") for line in lines[:-1]), result.stderr  # time-stamped progress only
+        lines = lines[-1:]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"mera-eval {command}: "), lines[0]
     for needle in needles:
@@ -223,8 +228,9 @@ def test_a_full_disk_is_one_line_that_says_how_to_resume(tmp_path, sample_data_d
     with FaultServer() as server:
         result = mera_eval("run", "--endpoint", server.base_url, "--data-dir", sample_data_dir, "--output",
                            tmp_path / "full" / "run", "--tasks", "image", "--split", "shots",
-                           prefix=on_tmpfs(tmp_path / "full", "size=64k"))
-    one_line_error(result, "disk is full", "run the same command again")
+                           prefix=on_tmpfs(tmp_path / "full", "size=256k"))  # room for the store, not the replies
+        assert server.chat_requests > 0
+    one_line_error(result, "disk is full", "stopped sending", "the same command resumes", after_progress=True)
 
 
 @needs_mount

@@ -264,7 +264,8 @@ def test_ctrl_c_says_how_many_replies_are_stored_and_exits_130(sample_data_dir, 
         _, stderr = proc.communicate(timeout=30)
         n = len(stored(out))
         assert proc.returncode == 130, stderr[-3000:]
-        assert one_error_line(stderr) == f"mera-eval run: interrupted: {n} replies are stored in {out}; run the same command to resume"
+        assert one_error_line(stderr) == (f"mera-eval run: interrupted; {n} replies are stored in {out}; run the same "
+                                          "command again to resume (stored replies are not sent again)")
         assert mera_eval(*args).returncode == 0
     assert set(stored(out).values()) == {"ok"} and max(server.per_prompt.values()) <= 2
 
@@ -309,8 +310,8 @@ def test_a_read_only_output_folder_is_one_line_and_sends_nothing(sample_data_dir
         assert server.chat_requests == 0 and server.models_requests == 0
     parent.chmod(0o755)
     assert proc.returncode == 2
-    assert one_error_line(stderr) == (f"mera-eval run: cannot create the run folder {parent / 'run'} (Permission "
-                                      "denied); choose a writable --output folder")
+    assert one_error_line(stderr) == (f"mera-eval run: --output {parent / 'run'} is not writable (Permission denied); "
+                                      "choose a folder you can write to, or free space / fix permissions there")
 
 
 def test_a_run_folder_made_read_only_is_refused_before_sending(sample_data_dir, tmp_path):
@@ -326,5 +327,5 @@ def test_a_run_folder_made_read_only_is_refused_before_sending(sample_data_dir, 
             path.chmod(0o755 if path.is_dir() else 0o644)
         assert server.chat_requests == 4
     assert proc.returncode == 2
-    assert one_error_line(stderr) == (f"mera-eval run: cannot write to {out} (Permission denied); choose a writable "
-                                      "--output folder")
+    assert one_error_line(stderr) == (f"mera-eval run: --output {out} is not writable (Permission denied); "
+                                      "choose a folder you can write to, or free space / fix permissions there")
