@@ -70,6 +70,26 @@ def mp4(seconds: float = 10, fps: int = 8, size: int = 320, seed: int = 0) -> by
     return buf.getvalue()
 
 
+def h264(seconds: float = 6, fps: int = 25, width: int = 1920, height: int = 1080) -> bytes:
+    """A MERA-like phone clip: 1080p H.264, a moving gradient (compresses like real footage, unlike noise)."""
+    import av
+
+    buf = io.BytesIO()
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(int(seconds * fps)):
+            luma = ((x + y + 4 * i) % 256).astype(np.uint8)
+            plane = np.concatenate([luma, np.full((height // 2, width), 128, np.uint8)])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(plane, format="yuv420p")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
 def url(mime: str, data: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
@@ -92,8 +112,16 @@ def mera_requests() -> dict[str, dict]:
             "messages": [{"role": "user", "content": [text, *parts, {"type": "text", "text": "Ответ:"}]}],
         }
 
+    phone = {"type": "video_url", "video_url": {"url": url("video/mp4", h264())}}
+    rutie = []  # ruTiE with history 5: five earlier turns with their images and answers, then the question
+    for turn in range(6):
+        rutie.append({"role": "user", "content": [text, {"type": "image_url", "image_url": {
+            "url": url("image/png", jpeg(640, 480, seed=turn))}}]})  # fmt: skip
+        rutie.append({"role": "assistant", "content": "A"})
+    rutie_turn = {**chat(), "messages": rutie[:-1]}
     return {"text only": chat(), "image (800x600 JPEG)": chat(image), "audio (2 x 20 s WAV, AQUARIA)": chat(*audio),
-            "video (10 s MP4)": chat(video)}  # fmt: skip
+            "video (10 s 320x320 MP4)": chat(video), "video (6 s 1080p H.264)": chat(phone),
+            "ruTiE turn (11 messages, 6 images)": rutie_turn}  # fmt: skip
 
 
 # --- in-process microbench ----------------------------------------------------------------------------
@@ -130,11 +158,11 @@ async def one_call(app, body: bytes) -> float:
         if message["type"] == "http.response.start":
             status = message["status"]
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await app(scope, receive, send)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert status == 200, status
-    return elapsed
+    return elapsed, cpu
 
 
 def pct(values: list[float], q: float) -> float:
@@ -146,21 +174,26 @@ async def microbench(repeat: int) -> list[dict]:
 
     from server.guard.access_log import LOGGER_NAME
 
-    guard = GuardMiddleware(bare_app, settings=GuardSettings(limit_mm_per_prompt={"image": 6, "audio": 6, "video": 1}),
-                            api_key=KEY)  # fmt: skip
+    settings = GuardSettings(limit_mm_per_prompt={"image": 6, "audio": 6, "video": 1})  # as mera-serve fills it
+    guard = GuardMiddleware(bare_app, settings=settings, api_key=KEY)
     logging.getLogger(LOGGER_NAME).setLevel(logging.WARNING)  # measure the checks, not stderr writes
     rows = []
     for name, payload in mera_requests().items():
         body = json.dumps(payload).encode()
-        bare, guarded = [], []
-        for _ in range(3):  # warm-up (imports, Pillow/soundfile plugin loading)
+        bare, guarded, bare_cpu, guarded_cpu = [], [], [], []
+        for _ in range(3):  # warm-up (imports, Pillow/soundfile/PyAV plugin loading)
             await one_call(guard, body)
         for _ in range(repeat):  # alternate so drift affects both alike
-            bare.append(await one_call(bare_app, body))
-            guarded.append(await one_call(guard, body))
+            wall, cpu = await one_call(bare_app, body)
+            bare.append(wall)
+            bare_cpu.append(cpu)
+            wall, cpu = await one_call(guard, body)
+            guarded.append(wall)
+            guarded_cpu.append(cpu)
         rows.append({"request": name, "body_mb": len(body) / 1e6, "bare_p50_ms": pct(bare, 50) * 1e3,
                      "guard_p50_ms": pct(guarded, 50) * 1e3, "guard_p95_ms": pct(guarded, 95) * 1e3,
-                     "added_p50_ms": (pct(guarded, 50) - pct(bare, 50)) * 1e3})  # fmt: skip
+                     "added_p50_ms": (pct(guarded, 50) - pct(bare, 50)) * 1e3,
+                     "added_cpu_ms": (float(np.mean(guarded_cpu)) - float(np.mean(bare_cpu))) * 1e3})  # fmt: skip
     return rows
 
 
@@ -237,12 +270,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
     rows = asyncio.run(microbench(args.repeat))
-    print("| request | body MB | bare p50 ms | guard p50 ms | guard p95 ms | added p50 ms |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| request | body MB | bare p50 ms | guard p50 ms | guard p95 ms | added p50 ms | added CPU ms (mean) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['request']} | {r['body_mb']:.2f} | {r['bare_p50_ms']:.2f} | {r['guard_p50_ms']:.2f} | "
-            f"{r['guard_p95_ms']:.2f} | {r['added_p50_ms']:.2f} |"
+            f"{r['guard_p95_ms']:.2f} | {r['added_p50_ms']:.2f} | {r['added_cpu_ms']:.2f} |"
         )
     if args.e2e:
         e2e_rows = e2e(args.requests, args.concurrency)

@@ -11,11 +11,13 @@ WORKDIR /opt/mera-multi
 
 COPY pyproject.toml ./
 COPY evaluator ./evaluator
+COPY mera_multi ./mera_multi
 # `pip install .` resolves the evaluator's dependencies from pyproject (av and soundfile wheels bundle
 # their native libraries, so no system packages are needed). The import check fails the build if torch
 # or vLLM ever creep in.
 RUN pip install --no-cache-dir . \
-    && mera-eval --help > /dev/null \
+    && mera-eval --version \
+    && mera-eval tasks > /dev/null \
     && python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('torch', 'vllm')))"
 
 # Run folders (store.sqlite, exports, reports, submission zip) go here; compose mounts ./runs.

@@ -22,8 +22,9 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Audio extras of the installed vLLM (`vllm[audio]`: av, soundfile, soxr, scipy, mistral_common[audio]) --
 # without them audio requests fail with "install vllm[audio]" / "Invalid audio file". The extra is pinned to
 # the image's own vLLM version so pip only adds the extras and never replaces vLLM itself.
-# librosa: audio resampling; pydantic-settings: mera-serve's settings (vLLM already brings pydantic,
-# fastapi/starlette, httpx, msgspec and pillow, which the server and its guard use).
+# librosa: earlier vLLM releases resampled audio with it (0.32 uses torchaudio, checked below);
+# pydantic-settings: mera-serve's settings (vLLM already brings pydantic, fastapi/starlette, httpx, msgspec
+# and pillow, which the server and its guard use).
 RUN VLLM_VERSION="$(python3 -m pip show vllm | sed -n 's/^Version: //p')" \
     && test -n "${VLLM_VERSION}" \
     && python3 -m pip install --no-cache-dir \
@@ -31,18 +32,21 @@ RUN VLLM_VERSION="$(python3 -m pip show vllm | sed -n 's/^Version: //p')" \
         "librosa==0.11.0" \
         "pydantic-settings==2.16.3"
 
-# Only what the server needs: its package and the leaderboard chat template. No dependency resolution here:
-# everything it imports is installed above.
+# Only what the server needs: its package, the version helper and the leaderboard chat template (package
+# data of `chat_templates`, so the installed package finds it). No dependency resolution here: everything it
+# imports is installed above. --print-config fails the build if the installed package misses the template.
 COPY pyproject.toml ./
 COPY server ./server
+COPY mera_multi ./mera_multi
 COPY chat_templates ./chat_templates
 RUN python3 -m pip install --no-cache-dir --no-deps --ignore-requires-python . \
-    && mera-serve --help > /dev/null
+    && mera-serve --print-config > /dev/null
 
-# The settings default locates the template relative to the source tree; once installed into site-packages
-# that tree is gone, so point at the copy shipped in the image explicitly.
-ENV MERA_SERVE_CHAT_TEMPLATE=/opt/mera-multi/chat_templates/gemma4_mera.jinja \
-    HF_HOME=/root/.cache/huggingface \
+# vLLM resamples every clip that is not 16 kHz (all of MERA's audio) with its default method, torchaudio in
+# v0.32; if that cannot import, every audio request is an HTTP 500 at run time. Fail the build instead.
+RUN python3 -m server.audio_check
+
+ENV HF_HOME=/root/.cache/huggingface \
     VLLM_NO_USAGE_STATS=1
 
 # 8000: the chat model; 8001: the judge (`mera-serve --judge`).

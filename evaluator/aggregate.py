@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping
 
 from pydantic import BaseModel, Field
 
-from evaluator.registry import BOARDS, TASKS
+from evaluator.registry import BOARD_LABELS, BOARDS, TASKS
 from evaluator.schema import Modality
 
-BOARD_LABELS: dict[str, str] = {"image": "Images", "audio": "Audio", "video": "Video"}
+__all__ = ["BOARD_LABELS", "Aggregate", "BoardScore", "aggregate", "task_score"]
 
 
 def task_score(metric_values: Mapping[str, float | None], metrics: Iterable[str]) -> tuple[float | None, list[str]]:

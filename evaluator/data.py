@@ -44,9 +44,16 @@ class DataSource(BaseModel):
     token: str | None = None  # for gated datasets on the hub
     cache_dir: Path | None = None
     revision: str | None = None
+    # hub id -> the commit a run is pinned to (evaluator.data_identity); streamed instead of `revision`
+    commits: dict[str, str] = {}
 
     def describe(self) -> str:
-        return str(self.data_dir) if self.data_dir else "hf-hub" + (f"@{self.revision}" if self.revision else "")
+        """Where the data comes from, as part of a run's identity; which data exactly is each dataset's
+        revision (`evaluator.data_identity`), so `./data`, `data` and the absolute path are one source."""
+        return "local snapshot" if self.data_dir else "hf-hub"
+
+    def location(self) -> str:
+        return str(self.data_dir.resolve()) if self.data_dir else "hf-hub" + (f"@{self.revision}" if self.revision else "")
 
 
 # --- media ------------------------------------------------------------------------------------
@@ -151,7 +158,8 @@ def _hub_dataset(spec: TaskSpec, split: Split, source: DataSource, domain: str |
 
     ds = datasets.load_dataset(
         spec.hub_id, domain, split=split, streaming=True, token=source.token,
-        cache_dir=str(source.cache_dir) if source.cache_dir else None, revision=source.revision, **kwargs,
+        cache_dir=str(source.cache_dir) if source.cache_dir else None,
+        revision=source.commits.get(spec.hub_id, source.revision), **kwargs,
     )  # fmt: skip
     # Keep the stored bytes: no decoding through torchcodec or PIL. The media features are nested in
     # `inputs`, which `cast_column` cannot address, so switch decoding off for the whole dataset.
@@ -294,3 +302,52 @@ class SplitRows:
 
     def rows(self, positions: list[int]) -> Iterator[Sample]:
         return iter_rows_at(self.spec, self.split, self.source, positions)
+
+
+# --- checks before a run ------------------------------------------------------------------------
+def check_local_snapshot(source: DataSource, specs: list[TaskSpec], split: Split) -> None:
+    """Before anything is sent: the local snapshot exists and holds every chosen task's split.
+
+    Reads only folder listings (no parquet). One `DataError` names every problem found; the hub
+    (no `data_dir`) is not checked here.
+    """
+    root = source.data_dir
+    if root is None:
+        return
+    make = f"`mera-eval sample-data {root}` writes a small one"
+    if not root.exists():
+        raise DataError(f"--data-dir {root}: no such folder",
+                        fix=f"pass the folder that holds MERA-evaluation/<Dataset>/ (a hub snapshot), or {make}")
+    if not root.is_dir():
+        raise DataError(f"--data-dir {root} is a file, not a folder",
+                        fix="pass the folder that holds MERA-evaluation/<Dataset>/ (a hub snapshot)")
+    absent, no_split = [], []
+    for spec in specs:
+        try:
+            dataset_root(spec, root)
+        except DataError:
+            absent.append(spec.name)
+            continue
+        for domain in spec.domains or (None,):
+            try:
+                parquet_files(spec, split, root, domain)
+            except DataError:
+                no_split.append(f"{spec.name}/{domain}" if domain else spec.name)
+    if absent and len(absent) == len(specs):
+        example = root / specs[0].hub_id / (specs[0].domains[0] if specs[0].domains else "data") / f"{split}-*.parquet"
+        raise DataError(f"--data-dir {root} holds none of the chosen datasets in the hub's layout "
+                        f"(expected e.g. {example})",
+                        fix=f"pass the folder above MERA-evaluation/ (`huggingface-cli download --local-dir` layout), "
+                        f"or {make}")
+    if absent:
+        raise DataError(f"--data-dir {root} lacks {_some(absent)}",
+                        fix="download them into the snapshot, or choose the datasets it has with --tasks")
+    if no_split:
+        other = "shots" if split == "test" else "test"
+        raise DataError(f"--data-dir {root} has no {split} split ({split}-*.parquet) for {_some(no_split)}",
+                        fix=f"download that split, or run another one (--split {other})")
+
+
+def _some(names: list[str], shown: int = 4) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

@@ -54,6 +54,7 @@ from evaluator.registry import TaskSpec, get_task
 from evaluator.requests import RequestOptions, SampleError, generation_for, request_digest, user_content
 from evaluator.schema import ChatRequest, Reply, Sample
 from evaluator.store import ExpectedSample
+from evaluator.structured import gather_all
 
 if TYPE_CHECKING:
     from evaluator.runner import DispatchContext
@@ -191,31 +192,60 @@ async def run_dialogue(spec: TaskSpec, turns: list[TurnRef], source: RowSource, 
     history_len = ctx.config.rutie_history
     fmt: HistoryFormat = ctx.config.rutie_history_format
     answers: dict[int, str] = {}  # question_id -> the model's letter
+    answered_at: dict[int, float] = {}  # question_id -> when its stored reply was written
     done = ctx.store.done_keys(include_errors=not ctx.config.retry_errors)
-    for turn in turns:
-        if turn.row.key in done:
-            stored = ctx.store.get(turn.row.key)
-            answers[turn.question_id] = answer_letter(stored.content if stored and stored.status == "ok" else None)
-            ctx.progress[spec.name].skipped += 1
-            ctx.progress[spec.name].errors += bool(stored and stored.status != "ok")  # kept failures still count
+    stored: dict[str, Reply | None] = {}
+    for ref in turns:  # the stored letters first: a later turn may replay a turn that is not read again
+        if ref.row.key in done:
+            reply = stored[ref.row.key] = ctx.store.get(ref.row.key)
+            answers[ref.question_id] = answer_letter(reply.content if reply and reply.status == "ok" else None)
+            answered_at[ref.question_id] = (reply.created_at or 0.0) if reply else 0.0
     pending = {t.row.key for t in turns} - done
-    needed = _needed(turns, pending, history_len)
+    # The resume check rebuilds every stored turn's request, so then every row is read (one at a time);
+    # without it only the pending turns and the finished ones they replay are.
+    needed = list(turns) if ctx.check_stored is not None else _needed(turns, pending, history_len)
+    read = {t.row.key for t in needed}
+    for key in stored.keys() - read:  # kept as stored, never read
+        ctx.progress[spec.name].skipped += 1
+        ctx.progress[spec.name].errors += bool(stored[key] and stored[key].status != "ok")  # kept failures count
     rows = source.rows([t.row.position for t in needed])
     window: dict[int, Turn] = {}  # question_id -> the loaded turns later turns may still replay
     encoded: dict[str, list[dict[str, Any]]] = {}  # their user parts, encoded once
     for ref in needed:
         sample = await asyncio.to_thread(next, rows)
         turn = Turn(sample, ref.question_id, ref.dialog_id)
-        if sample.key in pending:
-            history = [(window[q], answers.get(q, FALLBACK)) for q in sorted(window)
-                       if turn.question_id - history_len <= q < turn.question_id]
-            in_window = {p.sample.key for p, _ in history}
-            encoded = {k: v for k, v in encoded.items() if k in in_window}  # keep only what later turns replay
+        history = [(window[q], answers.get(q, FALLBACK)) for q in sorted(window)
+                   if turn.question_id - history_len <= q < turn.question_id]
+        in_window = {p.sample.key for p, _ in history}
+        encoded = {k: v for k, v in encoded.items() if k in in_window}  # keep only what later turns replay
+        if sample.key in pending or not await _stored_turn_stands(spec, turn, history, stored.get(sample.key),
+                                                                  answered_at, ctx, fmt, encoded):
             reply = await _send_turn(spec, turn, history, ctx, fmt, encoded)
             answers[turn.question_id] = answer_letter(reply.content if reply.status == "ok" else None)
+            answered_at[turn.question_id] = float("inf")  # answered now: later stored turns saw another history
         window[turn.question_id] = turn
         for q in [q for q in window if q <= turn.question_id - history_len]:  # out of every later window
             del window[q]
+
+
+async def _stored_turn_stands(spec: TaskSpec, turn: Turn, history: list[tuple[Turn, str]], stored: Reply | None,
+                              answered_at: dict[int, float], ctx: DispatchContext, fmt: HistoryFormat,
+                              encoded: dict[str, list[dict[str, Any]]]) -> bool:
+    """A stored turn is kept unless the request it would get now differs (resume check, as for other tasks).
+    Only checked when its history is the one it was sent with: a turn re-sent later (--retry-errors) gives
+    the turns after it a new letter in their history, which is no change of the data or the builder."""
+    if stored is None:
+        return True
+    history_changed = any(answered_at.get(p.question_id, 0.0) > (stored.created_at or 0.0) for p, _ in history)
+    if ctx.check_stored is None or history_changed:
+        ctx.progress[spec.name].skipped += 1
+        ctx.progress[spec.name].errors += stored.status != "ok"  # kept failures still count
+        return True
+    try:
+        messages = await asyncio.to_thread(build_turn_messages, turn, history, ctx.options, fmt, encoded)
+    except SampleError as exc:
+        return ctx.check_stored(turn.sample, None, exc.problem)
+    return ctx.check_stored(turn.sample, request_digest(messages, generation_for(spec, ctx.options.params)))
 
 
 async def _send_turn(spec: TaskSpec, turn: Turn, history: list[tuple[Turn, str]], ctx: DispatchContext,
@@ -249,6 +279,6 @@ async def run_task(spec: TaskSpec, source: RowSource | Sequence[Sample], ctx: Di
         source = SampleRows(source)
     refs = await asyncio.to_thread(source.index)
     ctx.store.expect([ExpectedSample(r.key, r.task, r.domain, r.split, r.id) for r in refs])
-    await asyncio.gather(*(run_dialogue(spec, turns, source, ctx) for turns in order_refs(refs)))
+    await gather_all(run_dialogue(spec, turns, source, ctx) for turns in order_refs(refs))
     if ctx.on_progress:
         ctx.on_progress(spec.name, ctx.progress[spec.name])

@@ -9,8 +9,11 @@ Algorithm, as `multimodal_tasks/custom_metrics.py` (MERA_MULTIMODAL @3380006) de
 * each input's label = argmax(probs); the sample's score = max([0] + labels); the task = mean.
 
 Where we differ, on purpose:
-* A judge request that still fails after the retry policy (the evaluator's one `RetryPolicy`) makes
-  the sample *unscored* and reported, never 0 (the official code scores any exception as 0).
+* A judge request that still fails after the retry policy (the evaluator's one `RetryPolicy`, through
+  the same call loop and readiness rules as the chat client, `evaluator.endpoints`) makes the sample
+  *unscored* and reported, never 0 (the official code scores any exception as 0). What no retry can
+  fix (a wrong key or URL, TLS against plain HTTP, a judge that never comes up) stops scoring with
+  one line instead of leaving every sample unscored with the same error.
 * The official code posts the body form-encoded (`requests.post(url, dict)`), which vLLM rejects;
   we send JSON, which is what the vLLM route accepts.
 * Identical inputs are sent once (max over duplicates is the same), all inputs of a sample in one
@@ -28,14 +31,16 @@ BERT-family encoder, see `JudgeConfig.sep_token`).
 from __future__ import annotations
 
 import asyncio
-import time
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
 from pydantic import BaseModel, Field, SecretStr
 
-from evaluator.client import RETRY_STATUSES, RetryPolicy, error_message, parse_retry_after
+from evaluator.endpoints import EndpointPool, Notice, call
+from evaluator.http_policy import SYSTEM_CLOCK, Clock, RetryPolicy, Timeouts
+from evaluator.structured import gather_all
 
 MAX_LENGTH = 8000
 OFFSET = 5
@@ -53,11 +58,14 @@ class JudgeConfig(BaseModel):
     sep_token: str = "[SEP]"
     concurrency: int = Field(8, ge=1)
     timeout_s: float = Field(120.0, gt=0)
+    wait_s: float = Field(120.0, ge=0, description="How long to wait for the judge to become ready.")
     retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy(max_attempts=4, max_downtime_s=120.0))
 
     @property
     def base_url(self) -> str:
-        return self.url.rstrip("/").removesuffix("/v1")
+        from evaluator.endpoints import normalise_endpoint
+
+        return normalise_endpoint(self.url)
 
 
 class JudgeError(Exception):
@@ -82,13 +90,15 @@ class JudgeVerdict:
 
 
 class JudgeClient:
-    def __init__(self, config: JudgeConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: JudgeConfig, *, transport: httpx.AsyncBaseTransport | None = None,
+                 clock: Clock | None = None, on_notice: Notice | None = None) -> None:
         self.config = config
         headers = {}
         if config.api_key is not None and config.api_key.get_secret_value():
             headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-        self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(config.timeout_s, connect=10.0),
-                                       transport=transport)
+        self._http = httpx.AsyncClient(headers=headers, transport=transport)
+        self.pool = EndpointPool([config.url], self._http, config.retry, clock or SYSTEM_CLOCK, on_notice)
+        self._timeouts = Timeouts(write_s=config.timeout_s, first_byte_s=config.timeout_s)
         self._slots = asyncio.Semaphore(config.concurrency)
         self.requests = 0
         self.retries = 0
@@ -97,35 +107,30 @@ class JudgeClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.pool.aclose()
         await self._http.aclose()
 
-    # --- HTTP with the evaluator's retry semantics ------------------------------------------------
+    async def wait_ready(self) -> None:
+        """The chat endpoints' readiness rules: the judge's API answers, or one line says why it cannot."""
+        await self.pool.wait_ready(self.config.wait_s)
+
+    # --- HTTP under the evaluator's one call policy ------------------------------------------------
+    def _counted_retry(self) -> None:
+        self.retries += 1
+        self.requests += 1
+
     async def _post(self, path: str, body: dict) -> dict:
-        policy = self.config.retry
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after = None
-            try:
-                self.requests += 1
-                response = await self._http.post(self.config.base_url + path, json=body)
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    try:
-                        return response.json()
-                    except ValueError as exc:
-                        raise JudgeError(f"{path}: malformed JSON from judge: {exc}") from None
-                problem = f"HTTP {response.status_code}: {error_message(response)}"
-                if response.status_code not in RETRY_STATUSES:
-                    raise JudgeError(f"{path}: {problem}")  # the request's own fault: not retried
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-            if attempt >= policy.max_attempts or time.monotonic() - started > policy.max_downtime_s:
-                raise JudgeError(f"{path}: gave up after {attempt} attempts: {problem}")
-            self.retries += 1
-            await asyncio.sleep(policy.delay(attempt, retry_after))
+        self.requests += 1
+        result = await call(self.pool, lambda e: ("POST", e.api(path), body), self._timeouts,
+                            on_retry=self._counted_retry)
+        if result.decision.action != "ok":  # the request's own fault, or retries exhausted
+            status = result.attempt.status
+            where = f"HTTP {status}: " if status and status >= 400 and not result.decision.message.startswith("HTTP") else ""
+            raise JudgeError(f"{path}: {where}{result.decision.message}")
+        try:
+            return json.loads(result.attempt.body)
+        except ValueError as exc:
+            raise JudgeError(f"{path}: malformed JSON from judge: {exc}") from None
 
     async def tokenize(self, text: str) -> list[int]:
         body = {"model": self.config.model, "prompt": text, "add_special_tokens": True}
@@ -175,11 +180,13 @@ class JudgeClient:
         return JudgeVerdict(item.key, max([0, *labels]), labels=labels, inputs=len(inputs))
 
     async def judge_all(self, items: Iterable[JudgeItem]) -> list[JudgeVerdict]:
-        return list(await asyncio.gather(*(self.judge(item) for item in items)))
+        """Every item's verdict; an error no retry can fix (a UserError) stops them all and is raised."""
+        return await gather_all(self.judge(item) for item in items)
 
 
 async def judge_items(config: JudgeConfig, items: Iterable[JudgeItem]) -> list[JudgeVerdict]:
     async with JudgeClient(config) as client:
+        await client.wait_ready()
         return await client.judge_all(items)
 
 

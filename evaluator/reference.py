@@ -1,8 +1,8 @@
 """The default reference entry: Gemma-4-E4B-it on the MERA Multi leaderboard, as data.
 
-Source: /work/shared/reference/mera_leaderboard_gemma-4-E4B-it.txt (page copy of the entry created
-2026-04-20; codebase 0f32158). Board figures are as printed. The per-task rows lost their names in
-the copy; how we put the names back:
+Source: the entry's page on the MERA Multi leaderboard (mera.a-ai.ru/en/multi; a copy taken for this
+project, entry created 2026-04-20, codebase 0f32158). Board figures are as printed. The per-task rows
+lost their names in the copy; how we put the names back:
 
 1. Certain: the row with metrics "EM F1" is ruSLUn; the three rows with domain breakdowns are, by
    their domain names, UniScienceVQA (culture, business, medicine, ...), SchoolScienceVQA (biology,
@@ -23,6 +23,11 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from evaluator.aggregate import aggregate
+from evaluator.errors import UserError
+
+
+class UnknownReferenceError(UserError, ValueError):
+    pass
 
 
 class ReferenceEntry(BaseModel):
@@ -95,9 +100,32 @@ def get_reference(name: str | None) -> ReferenceEntry | None:
     try:
         return REFERENCES[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown reference {name!r}; known: {', '.join(REFERENCES)} or none") from None
+        raise UnknownReferenceError(f"unknown reference {name!r}",
+                                    fix=f"use {', '.join(REFERENCES)} or none") from None
 
 
 def recomputed(entry: ReferenceEntry):
     """The entry's boards and Multi recomputed from its task scores (our aggregation rule)."""
     return aggregate(entry.tasks)
+
+
+# Hub config -> the label the leaderboard page prints for that domain (the entry's `domains` keys).
+# Matched by name; the page shows 6 of SchoolScienceVQA's 7 configs (earth_science has no row), and
+# "ru" / "all" / "science" are read as history_ru / history_all / earth_science.
+DOMAIN_LABELS: dict[str, dict[str, str]] = {
+    "ruNaturalScienceVQA": {"biology": "biology", "chemistry": "chemistry", "earth_science": "science",
+                            "physics": "physics"},
+    "SchoolScienceVQA": {"biology": "biology", "chemistry": "chemistry", "economics": "economics",
+                         "history_all": "all", "history_ru": "ru", "physics": "physics"},
+    "UniScienceVQA": {"Applied_Sciences": "applied_sciences", "Business": "business", "Cultural_Studies": "culture",
+                      "Fundamental_Sciences": "fundamental_sciences", "Health_and_Medicine": "medicine",
+                      "Social_Sciences": "social_sciences"},
+}  # fmt: skip
+
+
+def reference_domain(entry: ReferenceEntry | None, task: str, domain: str) -> tuple[str | None, tuple[float, float] | None]:
+    """(leaderboard label, (EM, JudgeScore) on the entry) for a hub domain; (None, None) where the page has none."""
+    label = DOMAIN_LABELS.get(task, {}).get(domain)
+    if label is None:
+        return None, None
+    return label, (entry.domains.get(task, {}).get(label) if entry else None)

@@ -9,6 +9,7 @@ evaluator knows a dataset by name, except the small hooks a spec points to (`pro
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +18,16 @@ from evaluator.errors import UserError
 from evaluator.schema import Modality
 
 BOARDS: tuple[Modality, ...] = ("image", "audio", "video")
+# How a board is shown everywhere a person reads it (the leaderboard's English labels). On the command
+# line the label and the modality both work, in any case, singular or plural (image, Images, videos).
+BOARD_LABELS: dict[str, str] = {"image": "Images", "audio": "Audio", "video": "Video"}
+_BOARD_NAMES = {name: board for board, label in BOARD_LABELS.items()
+                for name in (board, board + "s", label.lower())}
+
+
+def board_of(name: str) -> Modality | None:
+    """The board a command-line word names (image, Images, video, videos ...), or None."""
+    return _BOARD_NAMES.get(name.strip().lower())
 
 
 # --- generation settings, per task, each value with its source (docs/fidelity.md) ---------------------------
@@ -164,12 +175,22 @@ class UnknownTaskError(UserError, ValueError):
     pass
 
 
+def suggest(name: str) -> list[str]:
+    """Registry names (or board / all) close to a mistyped selector, best first."""
+    words = {**{alias: spec.name for alias, spec in _ALIASES.items()}, **{w: w for w in (*BOARDS, "all")}}
+    close = difflib.get_close_matches(name.strip().lower(), list(words), n=6, cutoff=0.6)
+    return list(dict.fromkeys(words[w] for w in close))[:3]
+
+
 def get_task(name: str) -> TaskSpec:
     try:
         return _ALIASES[name.strip().lower()]
     except KeyError:
-        known = ", ".join(TASKS)
-        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {known} (or image/audio/video/all)") from None
+        close = suggest(name)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise UnknownTaskError(f"unknown task {name!r}",
+                               fix=f"{hint}`mera-eval tasks` lists the 18 names; a board (image, audio, video) "
+                               "or all also works") from None
 
 
 def resolve_tasks(selectors: list[str] | None) -> list[TaskSpec]:
@@ -184,8 +205,8 @@ def resolve_tasks(selectors: list[str] | None) -> list[TaskSpec]:
                 continue
             if sel.lower() == "all":
                 chosen.update(TASKS)
-            elif sel.lower() in BOARDS:
-                chosen.update(s.name for s in _SPECS if s.modality == sel.lower())
+            elif (board := board_of(sel)) is not None:
+                chosen.update(s.name for s in _SPECS if s.modality == board)
             else:
                 chosen.add(get_task(sel).name)
     return [s for s in _SPECS if s.name in chosen]

@@ -1,14 +1,27 @@
-"""Orchestration: samples -> requests (in worker threads) -> client -> store, with progress.
+"""Orchestration: local checks, then the run store, then the endpoint; then samples -> requests (in worker
+threads) -> client -> store, as one task group.
+
+`run` checks everything it can without the network first (endpoint URLs, tasks, the data folder and its
+layout, the output folder, the stored configuration as far as it is known without the model name),
+then opens and locks the store, resolves the datasets' revisions, and only then waits for the endpoint.
 
 One queue feeds every task, so the server always has `concurrency` requests in flight while the
-dataset is streamed (never loaded whole) and media are encoded off the event loop, a bounded
-number of samples ahead. Each reply is persisted the moment it arrives. ruTiE's dialogues are
-handed to `evaluator.dialogue` (turns in order within a dialogue, dialogues in parallel).
+dataset is streamed (never loaded whole, by a daemon thread) and media are encoded off the event loop,
+a bounded number of samples ahead. Each reply is persisted the moment it arrives. ruTiE's dialogues
+are handed to `evaluator.dialogue` (turns in order within a dialogue, dialogues in parallel).
+
+Structured: workers, the producer and the dialogues are one `asyncio.TaskGroup`. A per-sample problem
+(a sample that cannot be built, a 4xx, retries exhausted, a reply that is not an answer) is recorded
+for that sample and the run goes on; anything else (a refused key, a dead endpoint, a full disk, a
+changed request on resume, a bug) cancels the group at once, keeps every reply already received, and
+surfaces as one `UserError` naming the cause. Ctrl-C becomes `RunInterrupted`, saying what is stored.
+On resume the request each stored sample would get now is rebuilt and compared with the stored digest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,13 +33,19 @@ from pydantic import BaseModel, Field
 
 from evaluator.client import ChatClient, Outcome, RetryPolicy
 from evaluator.data import DataSource, SplitRows, count_samples, iter_samples
+from evaluator.data_identity import resolve_revisions
+from evaluator.endpoints import Notice, normalise_endpoint
+from evaluator.errors import UserError
 from evaluator.export import export_samples
+from evaluator.http_policy import Clock
 from evaluator.limits import check_run as check_media_limits
 from evaluator.limits import sample_problem as media_limit_problem
 from evaluator.registry import TASKS, TaskSpec, resolve_tasks
 from evaluator.requests import RequestOptions, SampleError, build_request, generation_for, question_text
+from evaluator.runinfo import invocation_record
 from evaluator.schema import ChatRequest, Reply, Sample, Split
-from evaluator.store import ExpectedSample, RunStore
+from evaluator.store import ExpectedSample, RunStore, StoreWriteError
+from evaluator.structured import ThreadFeed, primary_cause
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +63,8 @@ class RunConfig(BaseModel):
     timeouts: dict[str, float] = Field(default_factory=dict)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     retry_errors: bool = False
+    rebuild_changed: bool = Field(False, description="Re-send stored samples whose request would differ now.")
+    wait_s: float = Field(600.0, ge=0, description="How long to wait for an endpoint to become ready.")
     rutie_history: int = Field(5, ge=0, description="ruTiE dialogue history length (the official num_fewshot).")
     rutie_history_format: Literal["official", "formatted"] = "official"
     # The server's --limit-mm-per-prompt (mera-serve's defaults): a setting over it refuses the run up front,
@@ -52,7 +73,8 @@ class RunConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same run. Task selection, limits, endpoints and concurrency may change
-        between invocations of one run (resume, extend); anything that changes the answers may not."""
+        between invocations of one run (resume, extend); anything that changes the answers may not. Which
+        data exactly is each dataset's revision, kept by the store per task."""
         params = self.options.params
         return {
             "model": params.model,
@@ -66,6 +88,26 @@ class RunConfig(BaseModel):
             "rutie_history": self.rutie_history,
             "rutie_history_format": self.rutie_history_format,
         }
+
+
+class RunInterrupted(UserError):
+    """Ctrl-C (or a cancelled run): the store is consistent and the same command resumes."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, *, stored: int, sent: int, fix: str | None = None) -> None:
+        super().__init__(message, fix=fix)
+        self.stored, self.sent = stored, sent
+
+
+class ChangedRequestError(UserError):
+    """On resume, a stored sample would now get a different request than the one its reply answered."""
+
+
+class RunAborted(UserError):
+    """The run stopped on an unexpected error (a bug); the replies received are stored."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -83,6 +125,8 @@ class RunSummary:
     sent: int
     retries: int
     output: Path
+    stored: int = 0  # replies in the store after this invocation
+    rebuilt: int = 0  # stored samples re-sent because their request changed (--rebuild-changed)
 
     @property
     def errors(self) -> int:
@@ -108,6 +152,8 @@ class DispatchContext:
     record_error: Callable[[Sample, str], Reply]  # persist a sample that could not be sent
     progress: dict[str, TaskProgress] = field(default_factory=dict)
     on_progress: ProgressHook | None = None
+    # For a stored turn: True to keep it (its request is unchanged), False to re-send it; raises otherwise.
+    check_stored: Callable[..., bool] | None = None  # (sample, digest now or None, problem=None)
 
 
 def reply_for(sample: Sample, outcome: Outcome, request: ChatRequest | None) -> Reply:
@@ -119,7 +165,8 @@ def reply_for(sample: Sample, outcome: Outcome, request: ChatRequest | None) -> 
         sample_key=sample.key, task=sample.task, domain=sample.domain, split=sample.split, sample_id=sample.id,
         status=outcome.status, content=outcome.content if outcome.status == "ok" else None,
         finish_reason=outcome.finish_reason, http_status=outcome.http_status, error=outcome.error,
-        attempts=outcome.attempts, latency_s=outcome.latency_s, prompt_tokens=outcome.prompt_tokens,
+        attempts=outcome.attempts, latency_s=outcome.latency_s, queue_s=outcome.queue_s, wait_s=outcome.wait_s,
+        evidence=outcome.evidence, prompt_tokens=outcome.prompt_tokens,
         completion_tokens=outcome.completion_tokens, endpoint=outcome.endpoint,
         request_digest=request.digest if request else None, question=question, gold=sample.outputs,
         meta=sample.meta,
@@ -135,9 +182,11 @@ class Runner:
         self.on_progress = on_progress
         self.progress: dict[str, TaskProgress] = {}
         self.sent = 0
-        self._done = store.done_keys(include_errors=not config.retry_errors)
+        self.rebuilt = 0
+        # Stored replies that need no re-send, with the digest of the request each answered.
+        self._stored = store.stored_digests(include_errors=not config.retry_errors)
         # Failures kept from an earlier invocation still count as errors (progress, summary, exit status).
-        self._kept_errors = self._done - store.done_keys()
+        self._kept_errors = set(self._stored) - store.done_keys()
 
     def _tick(self, task: str) -> None:
         if self.on_progress:
@@ -166,53 +215,74 @@ class Runner:
             log.warning("%s: %s %s", reply.sample_key, reply.status, reply.error)
         self._tick(task)
 
+    def check_stored(self, sample: Sample, digest_now: str | None, problem: str | None = None) -> bool:
+        """A sample with a stored reply: True (skip it) when the request it would get now is the one its
+        reply answered; False (re-send it) when that changed and --rebuild-changed; else refuse."""
+        if self._stored.get(sample.key, digest_now) == digest_now:
+            progress = self.progress[sample.task]
+            progress.skipped += 1
+            progress.errors += sample.key in self._kept_errors
+            return True
+        if self.config.rebuild_changed:
+            self.rebuilt += 1
+            return False
+        now = f"it cannot be built any more ({problem})" if problem else "it would get a different request now"
+        raise ChangedRequestError(
+            f"{sample.key}: {now} than the one its stored reply answered (the data, the media encoding or the "
+            "request builder changed since)",
+            fix="use a new --output folder, or pass --rebuild-changed to re-send the changed samples")
+
     async def _process(self, sample: Sample) -> None:
+        stored = sample.key in self._stored
         # over the server's media limits: recorded with the reason, never encoded or sent
         if problem := media_limit_problem(sample, self.config.options, self.config.mm_limits):
-            self.record_error(sample, problem)
+            if not (stored and self.check_stored(sample, None, problem)):
+                self.record_error(sample, problem)
             return
         try:
             request = await asyncio.to_thread(build_request, sample, self.config.options)
         except SampleError as exc:
-            self.record_error(sample, exc.problem)
+            if not (stored and self.check_stored(sample, None, exc.problem)):
+                self.record_error(sample, exc.problem)
+            return
+        if stored and self.check_stored(sample, request.digest):
             return
         await self.dispatch(sample, request)
 
     # --- the run -----------------------------------------------------------------------------------
-    def _pending(self, spec: TaskSpec):
-        """Samples of a task not yet in the store (registered as expected as they stream by)."""
-        for sample in iter_samples(spec, self.config.split, self.config.source, limit=self.config.limit):
-            self.store.expect([ExpectedSample(sample.key, sample.task, sample.domain, sample.split, sample.id)])
-            if sample.key in self._done:
-                self.progress[spec.name].skipped += 1
-                self.progress[spec.name].errors += sample.key in self._kept_errors
-                continue
-            yield sample
-
-    async def run(self) -> None:
-        specs = resolve_tasks(self.config.tasks)
+    async def run(self, specs: list[TaskSpec] | None = None, totals: dict[str, int | None] | None = None) -> None:
+        specs = specs if specs is not None else resolve_tasks(self.config.tasks)
         for spec in specs:
-            total = count_samples(spec, self.config.split, self.config.source, limit=self.config.limit)
+            total = totals[spec.name] if totals is not None else count_samples(
+                spec, self.config.split, self.config.source, limit=self.config.limit)
             self.progress[spec.name] = TaskProgress(total=total)
             self._tick(spec.name)
         queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=self.config.concurrency * 2)
-        workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.config.concurrency)]
-        # Dialogues are long sequential chains: start them first so they never end up the tail of the run.
-        dialogue_jobs = [asyncio.create_task(self._run_dialogue(spec)) for spec in specs if spec.dialogue]
         try:
-            for spec in specs:
-                if spec.dialogue:
-                    continue
-                iterator = self._pending(spec)
-                while (sample := await asyncio.to_thread(next, iterator, None)) is not None:
+            async with asyncio.TaskGroup() as group:
+                # Dialogues are long sequential chains: start them first so they never end up the tail of the run.
+                for spec in specs:
+                    if spec.dialogue:
+                        group.create_task(self._run_dialogue(spec))
+                for _ in range(self.config.concurrency):
+                    group.create_task(self._worker(queue))
+                group.create_task(self._produce([s for s in specs if not s.dialogue], queue))
+        except BaseExceptionGroup as group_error:
+            raise primary_cause(group_error) from None
+
+    async def _produce(self, specs: list[TaskSpec], queue: asyncio.Queue[Sample | None]) -> None:
+        for spec in specs:
+            async with self._feed(spec) as feed:
+                async for sample in feed:
+                    self.store.expect([ExpectedSample(sample.key, sample.task, sample.domain, sample.split, sample.id)])
                     await queue.put(sample)
-                self._tick(spec.name)
-            for _ in workers:
-                await queue.put(None)
-            await asyncio.gather(*workers, *dialogue_jobs)
-        finally:
-            for task in [*workers, *dialogue_jobs]:
-                task.cancel()
+            self._tick(spec.name)
+        for _ in range(self.config.concurrency):
+            await queue.put(None)
+
+    def _feed(self, spec: TaskSpec) -> ThreadFeed[Sample]:
+        """The task's samples, streamed by a daemon thread a couple of samples ahead."""
+        return ThreadFeed(lambda: iter_samples(spec, self.config.split, self.config.source, limit=self.config.limit))
 
     async def _worker(self, queue: asyncio.Queue[Sample | None]) -> None:
         while (sample := await queue.get()) is not None:
@@ -225,26 +295,92 @@ class Runner:
         rows = SplitRows(spec, self.config.split, self.config.source, limit=self.config.limit)
         ctx = DispatchContext(client=self.client, store=self.store, options=self.config.options, config=self.config,
                               dispatch=self.dispatch, record_error=self.record_error, progress=self.progress,
-                              on_progress=self.on_progress)
+                              on_progress=self.on_progress, check_stored=self.check_stored)
         await dialogue.run_task(spec, rows, ctx)
 
 
-async def run(config: RunConfig, on_progress: ProgressHook | None = None) -> RunSummary:
-    """Run (or resume) a whole evaluation; returns per-task counts. The store lives in `config.output`."""
+def _with_model(config: RunConfig, model: str) -> RunConfig:
+    params = config.options.params.model_copy(update={"model": model})
+    return config.model_copy(update={"options": config.options.model_copy(update={"params": params})})
+
+
+def _pinned(config: RunConfig, specs: list[TaskSpec], revisions: dict[str, str]) -> RunConfig:
+    commits = {s.hub_id: revisions[s.name].removeprefix("hf:") for s in specs if revisions[s.name].startswith("hf:")}
+    return config.model_copy(update={"source": config.source.model_copy(update={"commits": commits})})
+
+
+async def run(config: RunConfig, on_progress: ProgressHook | None = None, on_notice: Notice | None = None, *,
+              clock: Clock | None = None) -> RunSummary:
+    """Run (or resume) a whole evaluation; returns per-task counts. The store lives in `config.output`.
+
+    Raises a `UserError` for every way a run can stop early (the CLI prints its one line):
+    `RunInterrupted` on Ctrl-C, the endpoint's errors, `StoreWriteError`, `ChangedRequestError`,
+    `DataError`, and `RunAborted` wrapping anything unexpected."""
     started = time.monotonic()
-    check_media_limits(resolve_tasks(config.tasks), config.options, config.mm_limits)  # before anything is sent
-    async with ChatClient(config.endpoints, api_key=config.api_key, concurrency=config.concurrency,
-                          timeouts=config.timeouts, retry=config.retry) as client:
-        await client.wait_healthy(timeout=config.retry.max_downtime_s)
-        if not config.options.params.model:
-            model = await client.served_model()
-            config = config.model_copy(update={"options": config.options.model_copy(
-                update={"params": config.options.params.model_copy(update={"model": model})})})
-        store = RunStore.open(config.output, config.identity())
-        try:
+    invocation = invocation_record(config.endpoints, time.time())  # for the report: when, against what
+    # 1. Local checks, no network: endpoint URLs, tasks, the data folder and its layout (row counts).
+    endpoints = [normalise_endpoint(url) for url in config.endpoints]
+    specs = resolve_tasks(config.tasks)
+    check_media_limits(specs, config.options, config.mm_limits)  # a setting over the server's limits
+    totals = {spec.name: count_samples(spec, config.split, config.source, limit=config.limit) for spec in specs}
+    # 2. The store, locked; the stored configuration compared as far as it is known without the model.
+    store = RunStore.open_for_run(config.output)
+    model_known = bool(config.options.params.model)
+    runner: Runner | None = None
+    error: BaseException | None = None
+    try:
+        store.check_config(config.identity(), model_known=model_known)
+        revisions = resolve_revisions(specs, config.split, config.source, store.dataset_revisions(),
+                                      accept_changes=config.rebuild_changed)
+        config = _pinned(config, specs, revisions)
+        # 3. The endpoint.
+        async with ChatClient(endpoints, api_key=config.api_key, concurrency=config.concurrency,
+                              timeouts=config.timeouts, retry=config.retry, clock=clock, on_notice=on_notice) as client:
+            await client.wait_ready(config.wait_s)
+            if not model_known:
+                config = _with_model(config, await client.served_model())
+            store.bind(config.identity())
+            store.set_dataset_revisions(revisions)
+            store.record_invocation(invocation)
             runner = Runner(config, store, client, on_progress)
-            await runner.run()
-            export_samples(store, config.output / "samples")
-        finally:
-            store.close()
-        return RunSummary(runner.progress, time.monotonic() - started, runner.sent, client.retries, config.output)
+            await runner.run(specs, totals)
+            try:
+                export_samples(store, config.output / "samples")
+            except OSError as exc:
+                raise StoreWriteError(f"cannot write the sample logs in {config.output / 'samples'} ({exc.strerror})",
+                                      fix="free some space; the replies are stored, `mera-eval run` again "
+                                      "rewrites the logs") from None
+            return RunSummary(runner.progress, time.monotonic() - started, runner.sent, client.retries,
+                              config.output, stored=store.count(), rebuilt=runner.rebuilt)
+    except asyncio.CancelledError:
+        error = RunInterrupted(f"interrupted: {store.count()} replies are stored in {config.output}",
+                               stored=store.count(), sent=runner.sent if runner else 0,
+                               fix="run the same command to resume")
+    except StoreWriteError as exc:
+        error = exc
+    except UserError:
+        raise
+    except Exception as exc:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb else ""
+        error = RunAborted(f"stopped by an unexpected error ({type(exc).__name__}: {exc}){where}; "
+                           f"{store.count()} replies are stored and the same command resumes",
+                           fix="this is a bug in mera-eval: please report it (--debug shows the traceback)")
+        error.__cause__ = exc
+    finally:
+        if runner is not None:  # an end is recorded for interrupted invocations too
+            with contextlib.suppress(StoreWriteError):  # a full disk is reported as such, not as this
+                store.record_invocation({**invocation, "ended_at": time.time(), "sent": runner.sent})
+        store.close()
+        if store.rescued_to is not None and not isinstance(error, StoreWriteError):
+            (on_notice or log.warning)(f"some received replies could not be stored; they are saved in "
+                                       f"{store.rescued_to} and the next run imports them")
+    if isinstance(error, StoreWriteError):
+        if store.rescued_to is not None:
+            kept = f"the replies it could not store are saved in {store.rescued_to} and the next run imports them"
+        else:
+            kept = "every reply received is stored"
+        error = StoreWriteError(f"{error}; stopped sending; {kept}", fix=error.fix)
+    raise error

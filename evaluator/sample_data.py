@@ -1,25 +1,25 @@
-"""A small synthetic MERA Multi snapshot for every registered task, in the hub's on-disk format.
+"""A synthetic MERA Multi snapshot for every registered task, in the hub's on-disk format.
 
 Parquet files laid out as the hub stores them (`<root>/MERA-evaluation/<Name>/data/<split>-00000-of-00001.parquet`,
 domain datasets under `<config>/`), rows shaped like the real ones: `instruction` drawn from the
-real hub templates, `inputs` with the template's fields and real media (PNG/JPEG images made with
-Pillow, WAV/FLAC tones, MP4 made with PyAV) stored as `{"bytes", "path"}` structs as `datasets`
-does, `outputs` (empty in private test splits, as on the hub), and `meta` with `id`.
-ruTiE gets two dialogues of consecutive turns, ids as the official code expects.
-Deterministic for a given seed; about a megabyte in all.
+real hub templates, `inputs` with the template's fields and media with the real datasets' properties
+(`evaluator/synthetic_media.py`: 4000x3000 phone JPEGs with EXIF and ICC, RGBA PNGs, table screenshots;
+WAV at 8-96 kHz, 16/24-bit and float, 1/2/6 channels, 11-25 s; 30-60 s H.264 MP4 and HEVC .mov at 720p
+and 1080p) stored as `{"bytes", "path"}` structs as `datasets` does, `outputs` (empty in private test
+splits, as on the hub), and `meta` with `id`. ruTiE gets two dialogues of consecutive turns, ids as the
+official code expects. Deterministic for a given seed. The media are rendered once per machine into the
+media cache; the snapshot itself is about 85 MB with the default 4 rows per split and domain.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import re
 from pathlib import Path
 
-import numpy as np
-
-from evaluator.registry import TaskSpec, resolve_tasks
+from evaluator import synthetic_media as sm
+from evaluator.registry import TASKS, TaskSpec, resolve_tasks
 
 # The hub test split's real instruction templates (MERA_MULTIMODAL @0f32158 upload notebooks).
 TEMPLATES_DIR = Path(__file__).resolve().parent / "assets" / "prompt_templates"
@@ -31,59 +31,43 @@ def _templates(spec: TaskSpec) -> list[str]:
     return json.loads((TEMPLATES_DIR / f"{spec.name}.json").read_text(encoding="utf-8"))["templates"]
 
 
-# --- media --------------------------------------------------------------------------------------
-def _image(rng: random.Random, fmt: str) -> bytes:
-    from PIL import Image, ImageDraw
-
-    w, h = rng.choice([(96, 64), (64, 96), (80, 80)])
-    img = Image.new("RGB", (w, h), tuple(rng.randrange(256) for _ in range(3)))
-    draw = ImageDraw.Draw(img)
-    for _ in range(3):
-        x, y = rng.randrange(w - 16), rng.randrange(h - 16)
-        draw.ellipse((x, y, x + 16, y + 16), fill=tuple(rng.randrange(256) for _ in range(3)))
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
+# --- media ---------------------------------------------------------------------------------------
+# Each task's rows cycle through media with its dataset's real properties (evaluator/synthetic_media.py);
+# the image and video catalogues are shared, each task starting at another entry so that every entry
+# appears in every split; the audio tasks get their own dataset's formats, ruSLUn the other rates/widths.
+AUDIO_BY_TASK = {
+    "AQUARIA": sm.AQUARIA_AUDIO,
+    "ruEnvAQA": sm.ENVAQA_AUDIO,
+    "ruTiE-Audio": sm.RUTIE_AUDIO,
+    "ruSLUn": sm.OTHER_AUDIO,
+}
+VARIANTS = 2  # distinct contents per image/audio profile (each is rendered once per machine, cached)
 
 
-def _audio(rng: random.Random, fmt: str) -> bytes:
-    import soundfile
+class MediaPlan:
+    """Which generated medium a row gets, and the cache it is read from."""
 
-    rate = 16000
-    t = np.arange(int(rate * rng.uniform(1.0, 2.5))) / rate
-    wave = 0.3 * np.sin(2 * np.pi * rng.choice([220, 330, 440, 660]) * t)
-    buf = io.BytesIO()
-    soundfile.write(buf, wave.astype(np.float32), rate, format=fmt)
-    return buf.getvalue()
+    def __init__(self, cache: sm.MediaCache, video_seconds: float | None) -> None:
+        self.cache = cache
+        self.video_seconds = video_seconds
 
+    def spec(self, task: TaskSpec, position: int, rng: random.Random) -> sm.MediaSpec:
+        offset = list(TASKS).index(task.name)
+        if task.modality == "image":
+            base = sm.IMAGES[(offset + position) % len(sm.IMAGES)]
+            return base.model_copy(update={"variant": rng.randrange(VARIANTS)})
+        if task.modality == "audio":
+            profiles = AUDIO_BY_TASK.get(task.name, sm.OTHER_AUDIO)
+            base = profiles[position % len(profiles)]
+            return base.model_copy(update={"variant": rng.randrange(VARIANTS)})
+        video = sm.VIDEOS[(offset + position) % len(sm.VIDEOS)]  # one content each: encoding is the slow part
+        if self.video_seconds is not None and video.seconds > self.video_seconds:
+            video = video.model_copy(update={"seconds": self.video_seconds})
+        return video
 
-def _video(rng: random.Random) -> bytes:
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("mpeg4", rate=4)
-        stream.width = stream.height = 64
-        stream.pix_fmt = "yuv420p"
-        base = rng.randrange(200)
-        for i in range(8):
-            frame = np.full((64, 64, 3), (base + 7 * i) % 256, np.uint8)
-            frame[8 * (i % 8): 8 * (i % 8) + 8, :, 0] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
-
-
-def _media(spec: TaskSpec, rng: random.Random, name: str) -> dict:
-    if spec.modality == "image":
-        fmt = rng.choice(["PNG", "JPEG"])
-        return {"bytes": _image(rng, fmt), "path": f"{name}.{fmt.lower()}"}
-    if spec.modality == "audio":
-        fmt = rng.choice(["WAV", "FLAC"])
-        return {"bytes": _audio(rng, fmt), "path": f"{name}.{fmt.lower()}"}
-    return {"bytes": _video(rng), "path": f"{name}.mp4"}
+    def item(self, task: TaskSpec, position: int, rng: random.Random, name: str) -> dict:
+        spec = self.spec(task, position, rng)
+        return {"bytes": self.cache.bytes(spec), "path": f"{name}.{spec.extension}"}
 
 
 # --- rows ---------------------------------------------------------------------------------------
@@ -117,8 +101,8 @@ def _template_order(templates: list[str], rng: random.Random) -> list[str]:
     return [rng.choice(group) for group in sorted(shapes.values(), key=len)]
 
 
-def _row(spec: TaskSpec, rng: random.Random, *, split: str, sample_id: int, templates: list[str],
-         meta_extra: dict, template: str | None = None) -> dict:
+def _row(spec: TaskSpec, rng: random.Random, plan: MediaPlan, *, split: str, sample_id: int, position: int,
+         templates: list[str], meta_extra: dict, template: str | None = None) -> dict:
     template = template or rng.choice(templates)
     fields = sorted({f for t in templates for f in re.findall(r"\{(\w+)\}", t)})
     inputs: dict = {}
@@ -133,11 +117,12 @@ def _row(spec: TaskSpec, rng: random.Random, *, split: str, sample_id: int, temp
             inputs[field] = "Внимательно послушай аудио с запросом"
         else:
             inputs[field] = rng.choice(TEXT_VALUES.get(field, ["текст"]))
-    for field in spec.media_fields:
+    for k, field in enumerate(spec.media_fields):
         # A media item is present only where the template has its placeholder (ruTiE text-only turns,
         # AQUARIA's optional second clip), as in the hub data.
         present = f"<{field}>" in template
-        inputs[field] = _media(spec, rng, f"{spec.name}-{sample_id}-{field}") if present else None
+        name = f"{spec.name}-{sample_id}-{field}"
+        inputs[field] = plan.item(spec, position + k, rng, name) if present else None
     hidden = split == "test" and spec.test_gold_hidden
     outputs = _gold(spec, rng, n_options)
     if hidden:
@@ -146,7 +131,8 @@ def _row(spec: TaskSpec, rng: random.Random, *, split: str, sample_id: int, temp
     return {"instruction": template, "inputs": inputs, "outputs": outputs, "meta": meta}
 
 
-def _rows(spec: TaskSpec, rng: random.Random, split: str, per_split: int, id_base: int) -> list[dict]:
+def _rows(spec: TaskSpec, rng: random.Random, plan: MediaPlan, split: str, per_split: int, id_base: int,
+          position_base: int = 0) -> list[dict]:
     templates = _templates(spec)
     first = _template_order(templates, rng)
     rows = []
@@ -155,14 +141,14 @@ def _rows(spec: TaskSpec, rng: random.Random, split: str, per_split: int, id_bas
         for dialog in range(2):
             for q in range(turns):
                 pick = first.pop(0) if first else None
-                rows.append(_row(spec, rng, split=split, sample_id=id_base + dialog * RUTIE_DIALOG_LEN + q,
-                                 templates=templates, meta_extra={}, template=pick))
+                rows.append(_row(spec, rng, plan, split=split, sample_id=id_base + dialog * RUTIE_DIALOG_LEN + q,
+                                 position=position_base + dialog * turns + q, templates=templates, meta_extra={}, template=pick))
         return rows
     for i in range(per_split):
         extra = {"group_id": i // 2} if spec.group_field else {}
         pick = first.pop(0) if first else None
-        rows.append(_row(spec, rng, split=split, sample_id=id_base + i, templates=templates, meta_extra=extra,
-                         template=pick))
+        rows.append(_row(spec, rng, plan, split=split, sample_id=id_base + i, position=position_base + i, templates=templates,
+                         meta_extra=extra, template=pick))
     return rows
 
 
@@ -199,16 +185,21 @@ def _dataset_card(spec: TaskSpec) -> str:
     return "\n".join([*lines, "---", f"Synthetic sample data for {spec.name} (mera-eval sample-data).", ""])
 
 
-def write_sample_data(out_dir: Path, *, per_split: int = 4, seed: int = 0, tasks: list[str] | None = None) -> Path:
-    """Write the snapshot under `out_dir` (usable as `mera-eval run --data-dir out_dir`)."""
+def write_sample_data(out_dir: Path, *, per_split: int = 4, seed: int = 0, tasks: list[str] | None = None,
+                      cache: sm.MediaCache | None = None, video_seconds: float | None = None) -> Path:
+    """Write the snapshot under `out_dir` (usable as `mera-eval run --data-dir out_dir`).
+
+    Media come from `cache` (default: the per-user media cache), rendered on first use; `video_seconds`
+    shortens every longer video to that length (same codecs and sizes)."""
     out_dir = Path(out_dir)
+    plan = MediaPlan(cache or sm.MediaCache(), video_seconds)
     for spec in resolve_tasks(tasks):
         rng = random.Random(f"{seed}/{spec.name}")
         root = out_dir / spec.hub_id
         for split, id_base in (("shots", 0), ("test", 11)):
             for k, domain in enumerate(spec.domains or (None,)):
                 # meta.id is unique across a dataset's domains on the hub (their files merge into one submission)
-                rows = _rows(spec, rng, split, per_split, id_base + 1000 * k)
+                rows = _rows(spec, rng, plan, split, per_split, id_base + 1000 * k, position_base=k * per_split)
                 folder = root / domain if domain else root / "data"
                 _write_parquet(spec, rows, folder / f"{split}-00000-of-00001.parquet")
         (root / "README.md").write_text(_dataset_card(spec), encoding="utf-8")

@@ -15,7 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Modality = Literal["image", "audio", "video"]
 Split = Literal["test", "shots"]
-ReplyStatus = Literal["ok", "invalid_request", "failed"]
+# ok: an answer. invalid_request: the server refused the request (4xx, its message kept) or it could not be
+# built. failed: transient errors until the retries ran out. The rest are 200s that are not answers:
+# no_content (message.content null), no_choices, not_json, truncated (cut off), oversized (over the cap).
+# Only "ok" is ever scored; every other status is re-sent by --retry-errors.
+ReplyStatus = Literal["ok", "invalid_request", "failed", "no_content", "no_choices", "not_json", "truncated",
+                      "oversized"]
+FAILURE_STATUSES: tuple[str, ...] = ("invalid_request", "failed", "no_content", "no_choices", "not_json",
+                                     "truncated", "oversized")
 
 
 # --- media, as read from the dataset (decoded once, never twice) -------------------------------
@@ -124,7 +131,10 @@ class Reply(BaseModel):
     http_status: int | None = None
     error: str | None = None  # server's message for invalid_request / last error for failed
     attempts: int = 1
-    latency_s: float | None = None
+    latency_s: float | None = None  # the answering attempt, from sending the request to the last byte
+    queue_s: float | None = None  # waiting for a concurrency slot before the first send
+    wait_s: float | None = None  # backoff sleeps and endpoint downtime between attempts
+    evidence: dict[str, Any] = Field(default_factory=dict)  # for failures: sizes, content type, a short excerpt
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     endpoint: str | None = None

@@ -23,9 +23,11 @@ from pydantic import BaseModel, Field
 
 from evaluator import metrics as M
 from evaluator.aggregate import Aggregate, aggregate, task_score
+from evaluator.failures import FailureGroup, group_failures
 from evaluator.filters import filtered_output
 from evaluator.judge import JudgeConfig, JudgeItem, JudgeVerdict, run_judge
 from evaluator.registry import TASKS, TaskSpec
+from evaluator.runinfo import RunInfo, run_info
 from evaluator.schema import Reply
 from evaluator.store import RunStore
 
@@ -59,14 +61,16 @@ class TaskResult(BaseModel):
     expected: int = 0
     ok: int = 0
     invalid_request: int = 0
-    failed: int = 0
+    failed: int = 0  # every non-ok status but invalid_request; `statuses` has them one by one
     missing: int = 0
+    statuses: dict[str, int] = Field(default_factory=dict)  # replies by stored status
     with_gold: int = 0
     metrics: dict[str, float | None] = Field(default_factory=dict)
     missing_metrics: list[str] = Field(default_factory=list)
     score: float | None = None
     note: str = ""
-    domains: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    domains: dict[str, dict[str, float | None]] = Field(default_factory=dict)  # domain -> metric -> value
+    domain_samples: dict[str, int] = Field(default_factory=dict)  # scored samples per domain
     judge_unscored: int = 0
     scorer_problems: list[str] = Field(default_factory=list)
     finish_reasons: dict[str, int] = Field(default_factory=dict)
@@ -76,6 +80,7 @@ class TaskResult(BaseModel):
     completion_tokens: int = 0
     first_at: float | None = None
     last_at: float | None = None
+    active_s: float | None = None  # time some request of this task was in flight (union over replies)
 
     @property
     def incomplete(self) -> bool:
@@ -83,9 +88,10 @@ class TaskResult(BaseModel):
 
     @property
     def throughput_per_min(self) -> float | None:
-        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at or self.ok < 2:
+        """Answered samples per minute of the time this task had requests in flight."""
+        if not self.active_s or not self.ok:
             return None
-        return 60.0 * (self.ok - 1) / (self.last_at - self.first_at)
+        return 60.0 * self.ok / self.active_s
 
 
 class SplitResult(BaseModel):
@@ -102,11 +108,14 @@ class Results(BaseModel):
     judge_model: str | None = None
     judge_url: str | None = None
     run_config: dict[str, Any] = Field(default_factory=dict)
+    run: RunInfo = Field(default_factory=RunInfo)  # what was evaluated, where, when (the report header)
     splits: dict[str, SplitResult] = Field(default_factory=dict)
+    failures: list[FailureGroup] = Field(default_factory=list)  # failed replies grouped by reason
     problems: list[str] = Field(default_factory=list)  # shown at the top of every report
 
     def to_json(self) -> str:
         data = self.model_dump(mode="json")
+        data["run"]["throughput_per_min"] = self.run.throughput_per_min
         for split in data["splits"].values():  # computed properties a reader wants in the file
             for name, task in split["tasks"].items():
                 obj = self.splits[split["split"]].tasks[name]
@@ -149,6 +158,22 @@ def _metric_values(spec: TaskSpec, scores: list[SampleScore], judged: bool) -> d
     return values
 
 
+def busy_seconds(replies: list[Reply]) -> float | None:
+    """Length of the union of the replies' [sent, answered] intervals: time with a request in flight.
+    Concurrent requests overlap and gaps between invocations are not counted."""
+    spans = sorted((r.created_at - r.latency_s, r.created_at) for r in replies
+                   if r.created_at is not None and r.latency_s is not None)
+    total, end = 0.0, None
+    for start, stop in spans:
+        if end is None or start > end:
+            total += stop - start
+            end = stop
+        elif stop > end:
+            total += stop - end
+            end = stop
+    return total if spans else None
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -166,7 +191,11 @@ def score_task(spec: TaskSpec, split: str, replies: list[Reply], expected_keys: 
     result.expected = len(expected_keys | replied)
     result.missing = len(expected_keys - replied)
     statuses = Counter(r.status for r in replies)
-    result.ok, result.invalid_request, result.failed = statuses["ok"], statuses["invalid_request"], statuses["failed"]
+    result.statuses = dict(sorted(statuses.items()))
+    # Every reply that is not an answer: rejected (4xx), or failed in any other way (retries exhausted, or a
+    # 200 that is not an answer: no_content, no_choices, not_json, truncated, oversized). None is scored.
+    result.ok, result.invalid_request = statuses["ok"], statuses["invalid_request"]
+    result.failed = sum(statuses.values()) - result.ok - result.invalid_request
     ok = [r for r in replies if r.status == "ok"]
     result.finish_reasons = dict(Counter(r.finish_reason or "?" for r in ok))
     latencies = [r.latency_s for r in ok if r.latency_s is not None]
@@ -176,6 +205,7 @@ def score_task(spec: TaskSpec, split: str, replies: list[Reply], expected_keys: 
     result.completion_tokens = sum(r.completion_tokens or 0 for r in ok)
     stamps = [r.created_at for r in ok if r.created_at is not None]
     result.first_at, result.last_at = (min(stamps), max(stamps)) if stamps else (None, None)
+    result.active_s = busy_seconds(ok)
 
     gold_replies = [r for r in ok if M.has_gold(r.gold)]
     result.with_gold = len(gold_replies)
@@ -202,6 +232,7 @@ def score_task(spec: TaskSpec, split: str, replies: list[Reply], expected_keys: 
             members = [s for s in scores if s.domain == domain]
             if members:
                 result.domains[domain] = _metric_values(spec, members, judged)
+                result.domain_samples[domain] = len(members)
     if result.missing_metrics:
         result.note = "partial: " + ", ".join(result.missing_metrics) + " absent (no judge configured)"
     return result
@@ -225,14 +256,17 @@ def score_run(run_dir: Path, options: ScoreOptions) -> Results:
         verdicts: dict[str, JudgeVerdict] = {}
         if options.judge is not None:
             verdicts = {v.key: v for v in run_judge(options.judge, judge_items_for(store, options))}
+        judge = f"{options.judge.model} at {options.judge.base_url}" if options.judge else None
         results = Results(run_dir=str(run_dir), em=options.em, corrected=options.corrected,
                           judge_model=options.judge.model if options.judge else None,
                           judge_url=options.judge.base_url if options.judge else None,
-                          run_config=store.run_config())
+                          run_config=store.run_config(), run=run_info(store, judge))
+        failed: list[Reply] = []
         for split in SPLITS:
             split_result = SplitResult(split=split)
             for spec in TASKS.values():
                 replies = list(store.replies(task=spec.name, split=split))
+                failed += (r for r in replies if r.status != "ok")
                 expected = {e.sample_key for e in store.expected(task=spec.name, split=split)}
                 if not replies and not expected:
                     continue
@@ -240,6 +274,7 @@ def score_run(run_dir: Path, options: ScoreOptions) -> Results:
             if split_result.tasks:
                 split_result.aggregate = aggregate({n: t.score for n, t in split_result.tasks.items()})
                 results.splits[split] = split_result
+        results.failures = group_failures(failed)
         results.problems = run_problems(results)
         return results
     finally:
@@ -255,7 +290,9 @@ def run_problems(results: Results) -> list[str]:
             if task.missing:
                 bad.append(f"{task.missing} missing")
             if task.failed:
-                bad.append(f"{task.failed} failed")
+                kinds = {k: n for k, n in task.statuses.items() if k not in ("ok", "invalid_request")}
+                detail = f" ({', '.join(f'{k} {n}' for k, n in kinds.items())})" if set(kinds) - {"failed"} else ""
+                bad.append(f"{task.failed} failed{detail}")
             if task.invalid_request:
                 bad.append(f"{task.invalid_request} rejected by the server (4xx)")
             if task.judge_unscored:

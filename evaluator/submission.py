@@ -17,11 +17,14 @@ import io
 import json
 import zipfile
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from evaluator.errors import UserError
+from evaluator.export import TIMESTAMP_FORMAT, log_name, sample_logs
 from evaluator.filters import filtered_output
 from evaluator.registry import TASKS
 from evaluator.schema import Reply
@@ -45,6 +48,18 @@ class SubmissionError(Exception):
     def __init__(self, report: ValidationReport) -> None:
         super().__init__("submission is not valid:\n  " + "\n  ".join(report.errors + report.warnings))
         self.report = report
+
+
+class WrongSplitError(UserError):
+    pass
+
+
+def check_test_split(store: RunStore) -> None:
+    """The leaderboard scores the test split: a run made on `shots` only has nothing to submit."""
+    if next(store.expected(split="test"), None) is None and next(store.expected(split="shots"), None) is not None:
+        raise WrongSplitError(f"{store.run_dir} was run on the shots split (MERA's dev split, for local scores); "
+                              "the leaderboard takes the test split",
+                              fix="run `mera-eval run ... --split test` into a new --output and submit that folder")
 
 
 def submission_id(reply: Reply) -> int:
@@ -124,35 +139,17 @@ def validate_files(files: Mapping[str, Any], expected_ids: Mapping[str, set[int]
     return report
 
 
-def newest_logs(paths: list[Path]) -> list[Path]:
-    """The newest `samples_<task>_<timestamp>` file per task (resumed runs export several)."""
-    newest: dict[str, Path] = {}
-    for path in paths:
-        task = path.name.split(".json")[0].rsplit("_", 1)[0]
-        if task not in newest or path.name > newest[task].name:  # the timestamp sorts as text
-            newest[task] = path
-    return sorted(newest.values())
-
-
-def logs_zip_bytes(run_dir: Path) -> bytes | None:
-    """`logs_public.zip` of the run's `samples_*`/`results_*` logs (exported first if absent)."""
-    samples_dir = run_dir / "samples"
-    logs = newest_logs(sorted(samples_dir.glob("samples_*.json*"))) if samples_dir.is_dir() else []
-    if not logs:
-        from evaluator.export import export_samples  # the DISPATCH side's exporter
-
-        store = RunStore.open_existing(run_dir)
-        try:
-            logs = export_samples(store, samples_dir)
-        finally:
-            store.close()
-    logs += sorted(run_dir.glob("results_*.json*"))
+def logs_zip_bytes(store: RunStore) -> bytes | None:
+    """`logs_public.zip`: the `samples_*` logs built from the store now (never from files a previous run
+    left in `samples/`, which are written only when a run ends normally)."""
+    logs = sample_logs(store)
     if not logs:
         return None
+    stamp = datetime.now().strftime(TIMESTAMP_FORMAT)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in logs:
-            zf.write(path, path.name)
+        for lm_task, lines in sorted(logs.items()):
+            zf.writestr(log_name(lm_task, stamp), "\n".join(lines) + "\n")
     return buffer.getvalue()
 
 
@@ -161,21 +158,26 @@ def write_submission(run_dir: Path, out_path: Path | None = None, *, allow_incom
     run_dir = Path(run_dir)
     store = RunStore.open_existing(run_dir)
     try:
+        check_test_split(store)
         files, expected = build_files(store)
+        logs = logs_zip_bytes(store)
     finally:
         store.close()
-    logs = logs_zip_bytes(run_dir)
     report = validate_files(files, expected, allow_incomplete=allow_incomplete, has_logs=logs is not None)
     if not report.ok:
         raise SubmissionError(report)
     out_path = Path(out_path) if out_path else run_dir / "submission.zip"
-    tmp = out_path.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, body in sorted(files.items()):
-            zf.writestr(name, json.dumps(body, ensure_ascii=False, indent=4))
-        if logs is not None:
-            zf.writestr(LOGS_NAME, logs)
-    tmp.replace(out_path)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, body in sorted(files.items()):
+                zf.writestr(name, json.dumps(body, ensure_ascii=False, indent=4))
+            if logs is not None:
+                zf.writestr(LOGS_NAME, logs)
+        tmp.replace(out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written zip behind
+        raise
     return out_path, report
 
 
@@ -210,8 +212,8 @@ def validate_zip(path: Path, run_dir: Path | None = None, *, allow_incomplete: b
     """Check a zip on disk; with `run_dir`, also that every id the run expected is present once."""
     try:
         files, problems, has_logs = read_zip(Path(path))
-    except (zipfile.BadZipFile, FileNotFoundError) as exc:
-        return ValidationReport(errors=[f"{path}: {exc}"])
+    except (zipfile.BadZipFile, OSError) as exc:
+        return ValidationReport(errors=[f"{path}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"])
     expected = None
     if run_dir is not None:
         store = RunStore.open_existing(run_dir)

@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from chat_templates import template_path
+
 # Bump when the builder changes so cached checkpoints are rebuilt.
 BUILDER_VERSION = 1
 STAMP_FILE = "mera_dev_model.json"
@@ -45,10 +47,6 @@ VIDEO_TOKEN = "<|video|>"
 BASE_SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 # A few merges so that common template text is not all single characters.
 HAND_MERGES = [("▁", "t"), ("u", "s"), ("us", "e"), ("m", "o"), ("mo", "d"), ("mod", "e"), ("mode", "l")]
-
-
-def default_template_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "chat_templates" / "gemma4_mera.jinja"
 
 
 def is_built(out_dir: Path, stamp_file: str = STAMP_FILE, version: int = BUILDER_VERSION) -> bool:
@@ -101,7 +99,7 @@ def _vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 def build_tiny_gemma4(out_dir: Path, *, template: Path | None = None, force: bool = False) -> Path:
     """Write the checkpoint to `out_dir` (about 4 MB, a few seconds) unless it is already there."""
-    template_text = (template or default_template_path()).read_text(encoding="utf-8")
+    template_text = (template or template_path()).read_text(encoding="utf-8")
     return cached_build(out_dir, lambda tmp: _build(tmp, template_text), stamp_file=STAMP_FILE,
                         version=BUILDER_VERSION, force=force)
 

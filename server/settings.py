@@ -1,22 +1,30 @@
 """Every server option in one typed place, with the leaderboard run's values as defaults.
 
-Sources, highest first: CLI flags (`mera-serve --max-model-len 8192`), environment variables
-(`MERA_SERVE_MAX_MODEL_LEN=8192`, nested guard fields as `MERA_SERVE_GUARD__MAX_BODY_BYTES`),
-then the defaults below. The API key also comes from `VLLM_API_KEY`.
+Sources, highest first: CLI flags (`mera-serve --max-model-len 8192`, generated from this model
+by server/cli.py), environment variables (`MERA_SERVE_MAX_MODEL_LEN=8192`, nested guard fields as
+`MERA_SERVE_GUARD__MAX_BODY_BYTES`), then the defaults below. A `MERA_SERVE_*` variable that names
+no setting is an error naming the closest one. The API key comes only from the environment
+(`MERA_SERVE_API_KEY` or `VLLM_API_KEY`) or a file (`MERA_SERVE_API_KEY_FILE`), never from argv.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from chat_templates import template_path
+from server.cache_dir import default_cache_dir
+from server.errors import SettingsProblem
 from server.guard.config import GuardSettings
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-LEADERBOARD_TEMPLATE = PROJECT_ROOT / "chat_templates" / "gemma4_mera.jinja"
+LEADERBOARD_TEMPLATE = template_path()  # package data: found in a checkout and in any install
 LEADERBOARD_MODEL = "google/gemma-4-E4B-it"
 JUDGE_MODEL = "MERA-evaluation/MERA_Answer_judge"
 DEV_MODEL_NAME = "mera-dev/tiny-gemma-4"
@@ -42,12 +50,21 @@ class ServerSettings(BaseSettings):
     )
     max_model_len: int = Field(10000, gt=0, description="Context length (the leaderboard's 10000).")
     seed: int = Field(1234, description="Engine seed (the leaderboard's 1234).")
-    host: str = Field("0.0.0.0", description="Address to listen on.")
+    host: str = Field(
+        "127.0.0.1", description="Address to listen on (loopback by default; any other address needs an API key or "
+        "allow_unauthenticated)."
+    )
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("MERA_SERVE_API_KEY", "VLLM_API_KEY"),
         description="Bearer key required on every route but /health (env MERA_SERVE_API_KEY or VLLM_API_KEY).",
+    )
+    api_key_file: Path | None = Field(
+        None, description="File whose first line is the API key (instead of MERA_SERVE_API_KEY)."
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Serve on a non-loopback address without an API key (refused otherwise)."
     )
     # ruTiE replays up to 5 earlier turns with their media (history 5 -> 6 items); AQUARIA sends 2 audios.
     limit_mm_per_prompt: dict[str, int] = Field(
@@ -62,7 +79,10 @@ class ServerSettings(BaseSettings):
     download_dir: Path | None = Field(None, description="Where weights are downloaded (default: the HF cache).")
     dev: bool = Field(False, description="Serve the tiny random Gemma-4 built offline (CPU development).")
     judge: bool = Field(False, description="Serve the JudgeScore classifier instead of the chat model.")
-    cache_dir: Path = Field(PROJECT_ROOT / ".cache" / "mera-multi", description="Where dev checkpoints are built.")
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="Where dev checkpoints are built (default: $XDG_CACHE_HOME/mera-multi or ~/.cache/mera-multi).",
+    )
     extra_args: list[str] = Field(default_factory=list, description="More vLLM arguments, passed through as is.")
     guard: GuardSettings = Field(default_factory=GuardSettings, description="Request guard (server/guard).")
 
@@ -72,6 +92,34 @@ class ServerSettings(BaseSettings):
         if path is not None and not Path(path).is_file():
             raise ValueError(f"chat template file not found: {path} (set --chat-template or MERA_SERVE_CHAT_TEMPLATE)")
         return path
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _KnownEnvironmentOnly(settings_cls), env_settings, dotenv_settings, file_secret_settings
+
+    @model_validator(mode="after")
+    def _read_key_file(self) -> ServerSettings:
+        if self.api_key_file is None:
+            return self
+        if self.api_key is not None and self.api_key.get_secret_value():
+            raise ValueError("the API key is set twice: use MERA_SERVE_API_KEY (or VLLM_API_KEY) or "
+                             "MERA_SERVE_API_KEY_FILE, not both")  # fmt: skip
+        try:
+            lines = Path(self.api_key_file).expanduser().read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ValueError(f"cannot read the API key file {self.api_key_file} ({exc.strerror})") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise ValueError(f"the API key file {self.api_key_file} is empty (its first line is the key)")
+        self.api_key = SecretStr(key)
+        return self
 
     @model_validator(mode="after")
     def _apply_modes(self) -> ServerSettings:
@@ -101,3 +149,40 @@ class ServerSettings(BaseSettings):
 
     def dev_checkpoint_dir(self) -> Path:
         return self.cache_dir / ("tiny-judge" if self.judge else "tiny-gemma4")
+
+
+# --- every MERA_SERVE_* variable must name a setting ------------------------------------------------
+def _env_names(name: str, field: FieldInfo) -> list[str]:
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(choice) for choice in alias.choices]
+    return [f"MERA_SERVE_{name.upper()}"]
+
+
+def known_env_names() -> set[str]:
+    names = {env for name, field in ServerSettings.model_fields.items() for env in _env_names(name, field)}
+    return names | {f"MERA_SERVE_GUARD__{name.upper()}" for name in GuardSettings.model_fields}
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """A MERA_SERVE_* variable that names no setting (a typo would otherwise be ignored) is an error."""
+    known = known_env_names()
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith("MERA_SERVE_") and upper not in known:
+            close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+            raise SettingsProblem(
+                f"unknown setting {name} in the environment",
+                fix=f"did you mean {close[0]}?" if close else "mera-serve --help lists every setting",
+            )
+
+
+class _KnownEnvironmentOnly(PydanticBaseSettingsSource):
+    """Checks the environment before the environment source reads it; contributes no values."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        check_environment(os.environ)
+        return {}

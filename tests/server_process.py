@@ -19,6 +19,8 @@ import httpx
 import openai
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Test servers build their dev checkpoints here, inside the work tree (not the user's cache).
+DEV_CACHE = PROJECT_ROOT / ".cache" / "mera-multi"
 START_TIMEOUT_S = float(os.environ.get("MERA_TEST_SERVER_TIMEOUT", "420"))
 
 
@@ -39,6 +41,7 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
         VLLM_HOST_IP="127.0.0.1",
         VLLM_NO_USAGE_STATS="1",
+        MERA_SERVE_CACHE_DIR=str(DEV_CACHE),
     )
     env.update(extra or {})
     return env

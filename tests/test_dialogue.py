@@ -36,7 +36,7 @@ from evaluator.schema import AudioMedia, ChatRequest, ImageMedia, Sample
 from evaluator.store import RunStore
 from tests.media_factory import image_bytes
 
-CARDS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mera_card_examples.jsonl"
+CARDS = Path(__file__).resolve().parent / "fixtures" / "mera_card_examples.jsonl"  # see fixtures/README.md
 TEMPLATES = Path(__file__).resolve().parents[1] / "evaluator" / "assets" / "prompt_templates"
 
 # The official doc_to_text Jinja expressions (rutie_vision_gen.yaml / rutie_audio_gen.yaml @0f32158), rendered

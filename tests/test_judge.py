@@ -7,10 +7,11 @@ import json
 import httpx
 import pytest
 
-from evaluator.client import RetryPolicy
+from evaluator.http_policy import RetryPolicy
 from evaluator.judge import TOKEN_LIMIT, JudgeClient, JudgeConfig, JudgeItem
+from tests.fake_clock import FakeClock
 
-FAST_RETRY = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.02, max_downtime_s=5)
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay_s=1.0, max_delay_s=2.0, max_downtime_s=5)
 
 
 class FakeJudge:
@@ -39,7 +40,7 @@ class FakeJudge:
 
 def client_for(fake: FakeJudge) -> JudgeClient:
     return JudgeClient(JudgeConfig(url="http://judge.test/v1", model="judge", retry=FAST_RETRY),
-                       transport=httpx.MockTransport(fake))
+                       transport=httpx.MockTransport(fake), clock=FakeClock())  # backoff without sleeping
 
 
 async def test_input_is_question_sep_gold_sep_prediction_plus_answer_variant():

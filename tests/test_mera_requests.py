@@ -16,7 +16,7 @@ from evaluator.requests import RequestOptions, SampleError, build_request, quest
 from evaluator.schema import AudioMedia, ImageMedia, Sample, VideoMedia
 from tests.media_factory import image_bytes, video_bytes
 
-CARDS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mera_card_examples.jsonl"
+CARDS = Path(__file__).resolve().parent / "fixtures" / "mera_card_examples.jsonl"  # see fixtures/README.md
 
 
 def card_examples():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from evaluator.cli import main as cli_main
-from evaluator.registry import BOARDS, TASKS, UnknownTaskError, get_task, resolve_tasks
+from evaluator.registry import BOARD_LABELS, BOARDS, TASKS, UnknownTaskError, get_task, resolve_tasks
 
 # name: (board, hub id, domains, lm-eval tasks, README public, EM ignore_case, EM ignore_punctuation, submission)
 OFFICIAL = {
@@ -113,9 +113,17 @@ def test_get_task_accepts_every_name_a_user_knows(alias, name):
     assert get_task(alias).name == name
 
 
-def test_unknown_task_lists_the_known_ones():
-    with pytest.raises(UnknownTaskError, match="unknown task 'ruVQA'.*ruCLEVR"):
+def test_unknown_task_suggests_close_names_and_where_the_list_is():
+    with pytest.raises(UnknownTaskError) as exc:
         get_task("ruVQA")  # in the repo, not in MERA Multi
+    assert exc.value.one_line().startswith("unknown task 'ruVQA'; did you mean ")
+    assert "`mera-eval tasks` lists the 18 names" in exc.value.one_line()
+    with pytest.raises(UnknownTaskError) as exc:
+        get_task("ruNaturalScience")
+    assert "did you mean ruNaturalScienceVQA?" in exc.value.one_line()
+    with pytest.raises(UnknownTaskError) as exc:
+        get_task("zzz")
+    assert "did you mean" not in exc.value.one_line()
 
 
 def test_resolve_tasks_selectors():
@@ -131,12 +139,11 @@ def test_resolve_tasks_selectors():
         resolve_tasks(["video", "nope"])
 
 
-def test_tasks_command_lists_every_dataset(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "400")  # rich folds cells to the terminal width
-    assert cli_main(["tasks"]) == 0
+def test_tasks_command_lists_every_dataset(capsys):
+    assert cli_main(["tasks"]) == 0  # captured: not a terminal, so every column in full
     lines = capsys.readouterr().out.splitlines()
     for spec in TASKS.values():
         row = next(line for line in lines if f" {spec.hub_id} " in line)
-        assert spec.modality in row and f"{spec.submission_name}.json" in row
+        assert f" {BOARD_LABELS[spec.modality]} " in row and f"{spec.submission_name}.json" in row
         assert ("hidden" if spec.test_gold_hidden else "public") in row
-        assert spec.name in row
+        assert row.startswith(spec.name + " ")

@@ -70,12 +70,14 @@ def test_reports_written_with_problems_on_top(tmp_path):
 
 
 def test_html_is_self_contained_with_a_chart_per_board(tmp_path):
-    run = make_run(tmp_path / "run")
+    run = make_run(tmp_path / "run", fail=("WEIRD",))
     html = render_html(score_run(run, ScoreOptions()), GEMMA_4_E4B_IT)
     checker = TagChecker()
     checker.feed(html)
     assert not checker.errors and checker.stack == []
     assert checker.svgs == 6  # 3 boards x (test, shots)
+    assert "<h2>Failures: 2 samples, 1 reason</h2>" in html and "<h3>Per-domain scores</h3>" in html
+    assert '<table class="header"><tr><th>run</th>' in html
     assert "0.474" in html and "0.467" in html  # the reference figures
     assert "ruCLEVR*" in html  # inferred reference names are marked
 

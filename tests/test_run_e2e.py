@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import re
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +22,9 @@ from evaluator.store import RunStore
 from tests.faults import FaultServer
 from tests.server_process import PROJECT_ROOT, child_env, start_server
 
+# The export's `_<timestamp>.jsonl` tail (evaluator/export.py TIMESTAMP_FORMAT, any year).
+EXPORT_STAMP = re.compile(r"_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d+\.jsonl$")
+
 
 def mera_eval(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "evaluator.cli", *map(str, args)], cwd=PROJECT_ROOT,
@@ -27,6 +34,36 @@ def mera_eval(*args, **kwargs) -> subprocess.CompletedProcess:
 def spawn_eval(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "evaluator.cli", *map(str, args)], cwd=PROJECT_ROOT,
                             env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def spawn_eval_piped(*args, preexec_fn=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "evaluator.cli", *map(str, args)], cwd=PROJECT_ROOT,
+                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=preexec_fn)
+
+
+def without_file_permission_override() -> None:
+    """In the child: obey file modes even as root (drop CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH from the
+    bounding set before exec), so a folder without write permission is read-only for it as for anyone."""
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def small_disk(limit_bytes: int):
+    """In the child: every file it writes stops growing at `limit_bytes` (EFBIG, as a full disk stops it)."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return apply
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return lines[-1]
 
 
 def stored(run_dir: Path) -> dict[str, str]:
@@ -64,7 +101,7 @@ def test_every_task_completes_on_the_dev_server(dev_server, sample_data_dir, tmp
     rutie = sorted((r for r in replies if r.task == "ruTiE-Image" and r.meta["dialog_id"] == 0),
                    key=lambda r: r.meta["question_id"])
     assert rutie[2].meta["submission_id"] == rutie[2].meta["question_id"] + 11
-    exports = sorted(p.name.split("_2026")[0] for p in (out / "samples").glob("samples_*.jsonl"))
+    exports = sorted(EXPORT_STAMP.sub("", p.name) for p in (out / "samples").glob("samples_*.jsonl"))
     assert "samples_rucommonvqa" in exports and "samples_unisciencevqa_business" in exports
     # Re-running the same command sends nothing.
     again = mera_eval("run", "--endpoint", dev_server.base_url, "--api-key", dev_server.api_key,
@@ -193,3 +230,102 @@ def test_rutie_resumes_mid_dialogue_with_stored_answers(sample_data_dir, tmp_pat
         for body in server.bodies[n_before:]:
             assert all(m["content"][0]["text"] == "D" for m in body["messages"] if m["role"] == "assistant")
     assert json.loads((out / "run.json").read_text())["rutie_history"] == 2
+
+
+def test_a_second_evaluator_on_the_same_output_exits_at_once(sample_data_dir, tmp_path):
+    out = tmp_path / "run"
+    with FaultServer(default="slow:0.2") as server:
+        args = ("run", "--endpoint", server.base_url, "--data-dir", sample_data_dir, "--output", out,
+                "--tasks", "image", "--concurrency", "1")
+        first = spawn_eval(*args)
+        try:
+            wait_for_rows(out, 1)
+            started = time.monotonic()
+            second = mera_eval(*args, timeout=60)
+            elapsed = time.monotonic() - started
+            assert first.poll() is None  # the first one is unharmed
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(30)
+    assert second.returncode == 2 and elapsed < 15  # interpreter start-up included
+    line = one_error_line(second.stderr)
+    assert f"is in use by another mera-eval run (pid {first.pid} on " in line and "another --output" in line
+    assert len(server.per_prompt) == sum(server.per_prompt.values())  # the second sent nothing
+
+
+def test_ctrl_c_says_how_many_replies_are_stored_and_exits_130(sample_data_dir, tmp_path):
+    out = tmp_path / "run"
+    with FaultServer(default="slow:0.1") as server:
+        args = ("run", "--endpoint", server.base_url, "--data-dir", sample_data_dir, "--output", out,
+                "--tasks", "image", "--concurrency", "2")
+        proc = spawn_eval_piped(*args)
+        wait_for_rows(out, 4)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        n = len(stored(out))
+        assert proc.returncode == 130, stderr[-3000:]
+        assert one_error_line(stderr) == (f"mera-eval run: interrupted; {n} replies are stored in {out}; run the same "
+                                          "command again to resume (stored replies are not sent again)")
+        assert mera_eval(*args).returncode == 0
+    assert set(stored(out).values()) == {"ok"} and max(server.per_prompt.values()) <= 2
+
+
+def test_a_full_disk_loses_no_received_reply_and_prints_one_line(sample_data_dir, tmp_path):
+    """A real write failure: the child's files cannot grow past 256 KiB (RLIMIT_FSIZE, EFBIG), so the
+    store's WAL fills up mid-run. The replies that arrived are stored or rescued; resuming stores them
+    without sending them again."""
+    out = tmp_path / "run"
+    with FaultServer() as server:
+        args = ("run", "--endpoint", server.base_url, "--data-dir", sample_data_dir, "--output", out,
+                "--tasks", "image", "audio", "--concurrency", "4")
+        proc = spawn_eval_piped(*args, preexec_fn=small_disk(256 * 1024))
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 1, stderr[-3000:]
+        line = one_error_line(stderr)
+        assert line.startswith(f"mera-eval run: cannot write to {out / 'store.sqlite'}") and "stopped sending" in line
+        answered = sum(server.per_prompt.values())
+        kept = len(stored(out))
+        rescue = out / "unsaved-replies.jsonl"
+        rescued = len(rescue.read_text().splitlines()) if rescue.exists() else 0
+        print(line)
+        assert 0 < kept < answered and kept + rescued <= answered
+        assert ("saved in" in line) == bool(rescued) and ("every reply received is stored" in line) == (not rescued)
+        again = mera_eval(*args)
+        assert again.returncode == 0, again.stderr[-3000:]
+        total = len(list(RunStore.open_existing(out).expected()))
+    assert len(stored(out)) == total and set(stored(out).values()) == {"ok"}
+    # nothing received was lost: only requests cancelled in flight at the stop (<= concurrency) went twice
+    assert sum(1 for n in server.per_prompt.values() if n > 1) <= 4 and not rescue.exists()
+
+
+def test_a_read_only_output_folder_is_one_line_and_sends_nothing(sample_data_dir, tmp_path):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    with FaultServer() as server:
+        proc = spawn_eval_piped("run", "--endpoint", server.base_url, "--data-dir", sample_data_dir,
+                                "--output", parent / "run", "--tasks", "WEIRD",
+                                preexec_fn=without_file_permission_override)
+        _, stderr = proc.communicate(timeout=120)
+        assert server.chat_requests == 0 and server.models_requests == 0
+    parent.chmod(0o755)
+    assert proc.returncode == 2
+    assert one_error_line(stderr) == (f"mera-eval run: --output {parent / 'run'} is not writable (Permission denied); "
+                                      "choose a folder you can write to, or free space / fix permissions there")
+
+
+def test_a_run_folder_made_read_only_is_refused_before_sending(sample_data_dir, tmp_path):
+    out = tmp_path / "run"
+    with FaultServer() as server:
+        args = ("run", "--endpoint", server.base_url, "--data-dir", sample_data_dir, "--output", out, "--tasks", "WEIRD")
+        assert mera_eval(*args).returncode == 0
+        for path in [*out.rglob("*"), out]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        proc = spawn_eval_piped(*args, "--retry-errors", preexec_fn=without_file_permission_override)
+        _, stderr = proc.communicate(timeout=120)
+        for path in [out, *out.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        assert server.chat_requests == 4
+    assert proc.returncode == 2
+    assert one_error_line(stderr) == (f"mera-eval run: --output {out} is not writable (Permission denied); "
+                                      "choose a folder you can write to, or free space / fix permissions there")

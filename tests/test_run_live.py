@@ -1,14 +1,14 @@
 """The dispatch path against the real vLLM dev server (tiny Gemma-4, guard on, API key set): what a real
-server rejects is recorded with vLLM's own message and never retried; a wrong key stops nothing but
-is reported; the same run through two endpoint URLs of one server shares the work.
+server rejects is recorded with vLLM's own message and never retried; a wrong key stops the run before
+anything is sent; the same run through two endpoint URLs of one server shares the work.
 (Every-task completion, kill-and-resume and server restart are in tests/test_run_e2e.py.)"""
 
 from __future__ import annotations
 
 import pytest
 
-from evaluator.client import RetryPolicy
 from evaluator.data import DataSource
+from evaluator.http_policy import AuthError, RetryPolicy
 from evaluator.requests import RequestOptions
 from evaluator.runner import RunConfig, run
 from evaluator.schema import GenerationParams
@@ -36,15 +36,21 @@ async def test_a_request_vllm_rejects_is_recorded_with_its_message_not_retried(d
         assert reply.content is None and "max_model_len=10000" in reply.error  # vLLM's own words
 
 
-async def test_a_wrong_api_key_is_reported_per_sample_not_retried(dev_server, sample_data_dir, tmp_path):
-    with pytest.raises(ConnectionError, match="answered 401.*--api-key"):  # the model cannot even be asked
+async def test_a_wrong_api_key_stops_the_run_at_once_and_stores_nothing(dev_server, sample_data_dir, tmp_path):
+    """With or without --model: the key is refused on /v1/models (readiness), before any sample is sent,
+    so a rerun with the right key sends everything without --retry-errors."""
+    with pytest.raises(AuthError, match="/v1/models answered 401") as err:
         await run(config([dev_server.base_url], sample_data_dir, tmp_path / "ask", "not-the-key"))
+    assert "--api-key" in err.value.one_line()
     cfg = config([dev_server.base_url], sample_data_dir, tmp_path / "run", "not-the-key", tasks=["WEIRD"])
     cfg.options.params.model = dev_server.model
-    summary = await run(cfg)
-    assert summary.errors == 2
-    replies = list(RunStore.open_existing(tmp_path / "run").replies())
-    assert {(r.status, r.http_status, r.attempts) for r in replies} == {("invalid_request", 401, 1)}
+    with pytest.raises(AuthError):
+        await run(cfg)
+    assert RunStore.open_existing(tmp_path / "run").count() == 0
+    right = config([dev_server.base_url], sample_data_dir, tmp_path / "run", dev_server.api_key, tasks=["WEIRD"])
+    right.options.params.model = dev_server.model
+    summary = await run(right)
+    assert summary.sent == 2 and summary.errors == 0
 
 
 async def test_two_endpoint_urls_share_one_queue_and_answers_are_stored(dev_server, sample_data_dir, tmp_path):

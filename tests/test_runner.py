@@ -17,6 +17,7 @@ from evaluator.requests import RequestOptions, SampleError, build_request
 from evaluator.runner import RunConfig, run
 from evaluator.schema import GenerationParams
 from evaluator.store import RunStore
+from tests.fake_clock import FakeClock
 from tests.faults import FaultServer
 
 FAST = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, max_downtime_s=60)
@@ -107,12 +108,14 @@ async def test_the_model_comes_from_the_endpoint_when_not_given(sample_data_dir,
 
 async def test_a_run_started_before_its_endpoint_waits_for_it(sample_data_dir, tmp_path):
     server = FaultServer()
+    clock, notices = FakeClock(), []
+    clock.at(45, server.start)  # the server comes up 45 s after the run started
     try:
-        asyncio.get_running_loop().call_later(1.0, server.start)
         cfg = config(server, sample_data_dir, tmp_path / "run", tasks=["WEIRD"])
-        client_poll = runner_module.ChatClient.__init__.__kwdefaults__["health_poll_s"]
-        summary = await asyncio.wait_for(run(cfg), timeout=client_poll * 10 + 30)
+        summary = await run(cfg, on_notice=notices.append, clock=clock)
         assert summary.sent == 4 and summary.errors == 0
+        assert notices[0] == f"waiting for {server.base_url}: connection refused (0 s, up to 10 min)"
+        assert 45 <= clock.now - 1000 < 55
     finally:
         server.close()
 

@@ -68,7 +68,7 @@ def test_image_two_audios_and_text_in_one_message(dev_server):
     reply = chat(dev_server, [
         {"type": "image_url", "image_url": {"url": data_url("image/png", image_bytes())}},
         {"type": "audio_url", "audio_url": {"url": data_url("audio/wav", audio_bytes(1.0))}},
-        {"type": "audio_url", "audio_url": {"url": data_url("audio/wav", audio_bytes(1.0, freq=880))}},
+        {"type": "audio_url", "audio_url": {"url": data_url("audio/wav", audio_bytes(1.0, variant=1))}},
         {"type": "text", "text": "Сравни два аудио."},
     ])  # fmt: skip
     assert_answered(reply, min_prompt_tokens=300)

@@ -64,8 +64,9 @@ def test_same_config_reopens_with_its_replies_and_writes_run_json(tmp_path):
 def test_a_changed_config_is_refused_and_names_what_changed(tmp_path):
     RunStore.open(tmp_path, CONFIG).close()
     changed = {**CONFIG, "params": {"temperature": 0.0, "max_tokens": 32}}
-    with pytest.raises(StoreError, match=r"different configuration \(changed: params\).*new --output"):
+    with pytest.raises(StoreError, match=r"different configuration \(changed: params\)") as err:
         RunStore.open(tmp_path, changed)
+    assert err.value.fix == "use a new --output folder for a new run"
     with pytest.raises(StoreError, match="model"):
         RunStore.open(tmp_path, {**CONFIG, "model": "other"})
     assert RunStore.open_existing(tmp_path).run_config() == CONFIG  # the old run is untouched
@@ -180,3 +181,118 @@ def test_writes_from_several_threads_do_not_collide(store):
     assert not errors, errors[:3]
     counts = store.status_counts()
     assert counts["ruCLEVR"] == {"missing": 300} and counts["WEIRD"] == {"ok": 300}
+
+
+# --- one writer, honest under write failures, schema-aware -------------------------------------------------
+def test_a_second_writer_is_refused_naming_the_holder_and_the_lock_goes_with_close(tmp_path):
+    import os
+
+    from evaluator.store import RunFolderBusy
+
+    first = RunStore.open(tmp_path, CONFIG)
+    with pytest.raises(RunFolderBusy) as err:
+        RunStore.open(tmp_path, CONFIG)
+    assert f"in use by another mera-eval run (pid {os.getpid()} on " in str(err.value)
+    reader = RunStore.open_existing(tmp_path)  # readers (score, report) need no lock
+    first.record(reply(1))
+    assert reader.done_keys() == {"ruCLEVR/-/test/1"}
+    first.close()
+    RunStore.open(tmp_path, CONFIG).close()
+
+
+def test_the_lock_is_released_when_the_holder_is_killed(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal
+        from evaluator.store import RunStore
+        RunStore.open({str(tmp_path)!r}, {CONFIG!r})
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, timeout=120).returncode == -9
+    RunStore.open(tmp_path, CONFIG).close()  # no stale lock to clean up by hand
+
+
+def test_a_reply_whose_write_failed_stays_in_memory_and_goes_with_the_next_write(store, monkeypatch):
+    from evaluator.store import StoreWriteError
+
+    full = {"on": True}
+
+    def hook(op):
+        if full["on"]:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(RunStore, "fault_hook", staticmethod(hook))
+    with pytest.raises(StoreWriteError) as err:
+        store.record(reply(1))
+    assert "database or disk is full" in str(err.value) and err.value.exit_code == 1
+    assert store.unsaved == 1 and store.done_keys() == set()
+    full["on"] = False
+    store.record(reply(2))
+    assert store.unsaved == 0 and store.done_keys() == {"ruCLEVR/-/test/1", "ruCLEVR/-/test/2"}
+
+
+def test_what_cannot_be_committed_at_close_is_rescued_and_imported_by_the_next_writer(tmp_path, monkeypatch):
+    from evaluator.store import RESCUE_FILE, StoreWriteError
+
+    monkeypatch.setattr("time.sleep", lambda s: None)  # close() retries with pauses
+    store = RunStore.open(tmp_path, CONFIG)
+    store.record(reply(1))
+    monkeypatch.setattr(RunStore, "fault_hook", staticmethod(lambda op: (_ for _ in ()).throw(
+        sqlite3.OperationalError("attempt to write a readonly database"))))
+    for i in (2, 3):
+        with pytest.raises(StoreWriteError):
+            store.record(reply(i, "ok", content=f"answer {i}"))
+    store.close()
+    assert store.rescued_to == tmp_path / RESCUE_FILE and len((tmp_path / RESCUE_FILE).read_text().splitlines()) == 2
+    monkeypatch.setattr(RunStore, "fault_hook", None)
+    again = RunStore.open(tmp_path, CONFIG)
+    assert again.done_keys() == {f"ruCLEVR/-/test/{i}" for i in (1, 2, 3)}
+    assert again.get("ruCLEVR/-/test/3").content == "answer 3" and not (tmp_path / RESCUE_FILE).exists()
+    again.close()
+
+
+def test_a_rescue_file_in_the_temp_dir_is_found_when_the_folder_was_not_writable(tmp_path, monkeypatch):
+    from evaluator.store import rescue_paths
+
+    store = RunStore.open(tmp_path, CONFIG)
+    store.close()
+    elsewhere = rescue_paths(tmp_path)[1]
+    elsewhere.parent.mkdir(parents=True, exist_ok=True)
+    elsewhere.write_text(reply(7).model_dump_json() + "\n")
+    again = RunStore.open(tmp_path, CONFIG)
+    assert again.done_keys() == {"ruCLEVR/-/test/7"} and not elsewhere.exists()
+    again.close()
+
+
+def test_a_folder_from_an_older_store_schema_is_read_but_not_resumed(tmp_path):
+    from evaluator.store import StoreSchemaError
+
+    RunStore.open(tmp_path, CONFIG).close()
+    with sqlite3.connect(tmp_path / STORE_FILE) as conn:  # what schema 1 wrote: a config, no schema row
+        conn.execute("DELETE FROM run WHERE key='schema'")
+        conn.execute("DROP TABLE datasets")
+    with pytest.raises(StoreSchemaError) as err:
+        RunStore.open(tmp_path, CONFIG)
+    line = err.value.one_line()
+    assert "written by an older mera-eval (run store schema 1, this one uses 2)" in line
+    assert "`score`, `report` and `submit` still read it" in line and "new --output folder" in line
+    old = RunStore.open_existing(tmp_path)
+    assert old.run_config() == CONFIG and list(old.replies()) == []
+    old.close()
+
+
+def test_an_output_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "run").write_text("")
+    with pytest.raises(StoreError, match="is a file, not a folder"):
+        RunStore.open(tmp_path / "run", CONFIG)
+
+
+def test_the_config_without_the_model_is_compared_before_the_model_is_known(tmp_path):
+    config = {**CONFIG, "params": {**CONFIG["params"], "model": "m"}}
+    RunStore.open(tmp_path, config).close()
+    store = RunStore.open_for_run(tmp_path)
+    store.check_config({**config, "model": "", "params": {**config["params"], "model": ""}}, model_known=False)
+    with pytest.raises(StoreError, match=r"changed: params"):
+        store.check_config({**config, "model": "", "params": {"temperature": 0.5, "model": ""}}, model_known=False)
+    with pytest.raises(StoreError, match=r"changed: model"):
+        store.bind({**config, "model": "other"})
+    store.close()

@@ -78,10 +78,18 @@ def test_zip_with_nested_paths_is_rejected(tmp_path):
     assert "zip root" in errors and "not UTF-8 JSON" in errors
 
 
-def test_logs_zip_keeps_the_newest_export_per_task(tmp_path):
-    from evaluator.submission import newest_logs
-
-    paths = [tmp_path / n for n in ("samples_weird_2026-01-01T10-00-00.000001.jsonl",
-                                    "samples_weird_2026-01-02T09-00-00.000001.jsonl",
-                                    "samples_ruhhh_image_2026-01-01T10-00-00.000001.jsonl")]
-    assert [p.name for p in newest_logs(paths)] == [paths[2].name, paths[1].name]
+def test_the_logs_are_built_from_the_store_never_from_files_a_previous_run_left(tmp_path):
+    """`samples/` is written only when a run ends normally: after an interrupted resume it is stale."""
+    run = make_run(tmp_path / "run")
+    stale = run / "samples"
+    stale.mkdir()
+    (stale / "samples_weird_2099-01-01T00-00-00.000001.jsonl").write_text('{"resps": [["stale answer"]]}\n')
+    (run / "results_2099-01-01T00-00-00.json").write_text("{}")
+    path, _ = write_submission(run)
+    with zipfile.ZipFile(path) as zf, zipfile.ZipFile(io.BytesIO(zf.read("logs_public.zip"))) as logs:
+        names = logs.namelist()
+        weird = next(n for n in names if n.startswith("samples_weird_"))
+        lines = [json.loads(line) for line in logs.read(weird).decode().splitlines()]
+    assert "2099" not in " ".join(names) and all(n.startswith("samples_") for n in names)
+    assert len(lines) == 6 and {tuple(line["resps"][0]) for line in lines} == {("A",), ("ОТВЕТ A",)}
+    assert len({n.rsplit("_", 1)[0] for n in names}) == len(names)  # one log per lm-eval task

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
-
+from evaluator.cli.score import add_output_flags, show
 from evaluator.reference import get_reference
-from evaluator.report import RESULTS_FILE, load_results, publish
+from evaluator.report import RESULTS_FILE, load_results
 from evaluator.scoring import ScoreOptions, score_run
-from evaluator.store import StoreError
 
 
 def add_parser(sub) -> None:
@@ -18,19 +16,15 @@ def add_parser(sub) -> None:
                        "score it first with the defaults (squad EM, official behaviour, no judge).")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--reference", default=None, help="Reference entry (default gemma-4-e4b-it; none for no comparison).")
+    add_output_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    console = Console()
-    try:
-        ref = get_reference(args.reference)
-        if (args.run_dir / RESULTS_FILE).is_file():
-            results = load_results(args.run_dir)
-        else:
-            results = score_run(args.run_dir, ScoreOptions())
-    except (StoreError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
-    publish(results, args.run_dir, ref, console)
+    ref = get_reference(args.reference)
+    if (args.run_dir / RESULTS_FILE).is_file():
+        results = load_results(args.run_dir)
+    else:
+        results = score_run(args.run_dir, ScoreOptions())
+    show(results, args, ref)
     return 0

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rich.console import Console
-
+from evaluator.cli.args import positive_int
+from evaluator.cli.show import publish
+from evaluator.cli.tables import make_console
 from evaluator.judge import DEFAULT_JUDGE_MODEL, JudgeConfig
 from evaluator.metrics import DEFAULT_EM, EM_KINDS
 from evaluator.reference import get_reference
-from evaluator.report import publish
+from evaluator.report import write_reports
 from evaluator.scoring import ScoreOptions, score_run
-from evaluator.store import StoreError
 
 
 def add_parser(sub) -> None:
@@ -32,22 +32,32 @@ def add_parser(sub) -> None:
                    help="Served judge model name (env MERA_JUDGE_MODEL).")
     p.add_argument("--judge-api-key", default=os.environ.get("MERA_JUDGE_API_KEY"), help="env MERA_JUDGE_API_KEY")
     p.add_argument("--judge-sep", default="[SEP]", help="The judge tokenizer's sep_token (default [SEP]).")
-    p.add_argument("--judge-concurrency", type=int, default=8)
+    p.add_argument("--judge-concurrency", type=positive_int, default=8)
     p.add_argument("--reference", default=None, help="Reference entry for comparison (default gemma-4-e4b-it; none).")
+    add_output_flags(p)
     p.set_defaults(func=run)
 
 
+def add_output_flags(p) -> None:
+    p.add_argument("--json", action="store_true", help="Print results.json to stdout instead of the table.")
+    p.add_argument("--domains", action="store_true", help="Also print per-domain scores (always in the reports).")
+
+
+def show(results, args, ref) -> None:
+    """The end of `score` and `report`: the report files, then the table (or the JSON)."""
+    if args.json:
+        write_reports(results, args.run_dir, ref)
+        print(results.to_json())
+    else:
+        publish(results, args.run_dir, ref, make_console(), domains=args.domains)
+
+
 def run(args) -> int:
-    console = Console()
     judge = None
     if args.judge_url:
         judge = JudgeConfig(url=args.judge_url, model=args.judge_model, api_key=args.judge_api_key,
                             sep_token=args.judge_sep, concurrency=args.judge_concurrency)
-    try:
-        ref = get_reference(args.reference)
-        results = score_run(args.run_dir, ScoreOptions(em=args.em, corrected=args.corrected, judge=judge))
-    except (StoreError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
-    publish(results, args.run_dir, ref, console)
+    ref = get_reference(args.reference)
+    results = score_run(args.run_dir, ScoreOptions(em=args.em, corrected=args.corrected, judge=judge))
+    show(results, args, ref)
     return 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
-from evaluator.store import StoreError
+from evaluator.cli.tables import make_console
+from evaluator.errors import UserError
 from evaluator.submission import SubmissionError, validate_zip, write_submission
 
 
@@ -16,7 +18,8 @@ def add_parser(sub) -> None:
                        "<Dataset>.json per dataset plus logs_public.zip. Refuses an incomplete run unless "
                        "--allow-incomplete.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--output", "-o", type=Path, help="Zip path (default RUN_DIR/submission.zip).")
+    p.add_argument("--output", "-o", type=Path,
+                   help="Zip file, or a folder to write submission.zip into (default RUN_DIR/submission.zip).")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="Write the zip even if datasets or samples are missing (the site scores them 0).")
     p.set_defaults(func=submit)
@@ -30,23 +33,32 @@ def add_parser(sub) -> None:
 
 def _print_report(console: Console, report) -> None:
     for error in report.errors:
-        console.print(f"[red]error:[/] {error}")
+        console.print(Text("error: ", style="red") + Text(error))
     for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(Text("warning: ", style="yellow") + Text(warning))
+
+
+def zip_path(run_dir: Path, output: Path | None) -> Path:
+    """Where the zip goes: -o FILE, or submission.zip inside -o FOLDER (default: the run folder)."""
+    if output is None:
+        return run_dir / "submission.zip"
+    if output.is_dir():
+        return output / "submission.zip"
+    if not output.parent.is_dir():
+        raise UserError(f"-o {output}: there is no folder {output.parent}", fix="create it, or choose another path")
+    return output
 
 
 def submit(args) -> int:
-    console = Console()
+    console = make_console()
+    out = zip_path(args.run_dir, args.output)
     try:
-        path, report = write_submission(args.run_dir, args.output, allow_incomplete=args.allow_incomplete)
+        path, report = write_submission(args.run_dir, out, allow_incomplete=args.allow_incomplete)
     except SubmissionError as exc:
         _print_report(console, exc.report)
-        console.print("[red]no zip written[/]" + ("" if args.allow_incomplete else
-                      " (use --allow-incomplete to write a partial submission)"))
+        console.print("no zip written" + ("" if args.allow_incomplete else
+                      " (use --allow-incomplete to write a partial submission)"), style="red")
         return 1
-    except StoreError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
     _print_report(console, report)
     total = sum(report.counts.values())
     console.print(f"wrote {path} ({len(report.counts)} dataset files, {total} outputs)")
@@ -54,12 +66,8 @@ def submit(args) -> int:
 
 
 def validate(args) -> int:
-    console = Console()
-    try:
-        report = validate_zip(args.zip_path, args.run, allow_incomplete=args.allow_incomplete)
-    except StoreError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
+    console = make_console()
+    report = validate_zip(args.zip_path, args.run, allow_incomplete=args.allow_incomplete)
     _print_report(console, report)
     if report.ok:
         console.print(f"{args.zip_path}: valid ({len(report.counts)} dataset files, {sum(report.counts.values())} outputs)")

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 
 from server.guard.config import GuardSettings
 
 ALWAYS_OPEN = frozenset({"/health"})  # liveness probes of load balancers carry no key
+
+
+def is_preflight(method: str, headers: Mapping[str, str] | None) -> bool:
+    """A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method. Browsers send no
+    credentials on it by design, and vLLM's CORS middleware answers it without reaching a route;
+    any other OPTIONS request needs the key like every other method."""
+    return method == "OPTIONS" and headers is not None and "origin" in headers and (
+        "access-control-request-method" in headers
+    )
 
 
 class ApiKeyCheck:
@@ -25,9 +35,8 @@ class ApiKeyCheck:
     def enabled(self) -> bool:
         return self._key_digest is not None
 
-    def is_open(self, path: str, method: str) -> bool:
-        # CORS preflights carry no credentials by design; vLLM's CORS middleware answers them.
-        return method == "OPTIONS" or path in self._open or path.rstrip("/") in self._open
+    def is_open(self, path: str, method: str, headers: Mapping[str, str] | None = None) -> bool:
+        return is_preflight(method, headers) or path in self._open or path.rstrip("/") in self._open
 
     def authorized(self, authorization: str | None) -> bool:
         """`Authorization: Bearer <key>`, the only form vLLM's own check (on /v1) accepts too."""

@@ -1,5 +1,9 @@
-"""Read a request body under a size limit and an idle timeout, without ever holding more than
-the limit: a declared Content-Length over the limit is refused before the first byte is read."""
+"""Read a request body under a size limit and a total deadline, without ever holding more than
+the limit: a declared Content-Length over the limit is refused before the first byte is read.
+
+The deadline is for the whole body, not per chunk: a client trickling one byte every few seconds
+would otherwise hold a connection (and its buffered body) open forever.
+"""
 
 from __future__ import annotations
 
@@ -42,27 +46,28 @@ def check_declared_length(content_length: str | None, limit: int) -> int | None:
     return declared
 
 
-async def read_body(receive: Receive, limit: int, idle_timeout_s: float) -> bytes:
+async def read_body(receive: Receive, limit: int, deadline_s: float) -> bytes:
     """The whole body, counting bytes as they arrive (chunked uploads have no Content-Length)."""
     chunks: list[bytes] = []
     size = 0
-    while True:
-        try:
-            message = await asyncio.wait_for(receive(), timeout=idle_timeout_s)
-        except TimeoutError:
-            raise GuardError(
-                408,
-                f"request body not received within {idle_timeout_s:g} s of the last data",
-                "body_read_timeout",
-                close_connection=True,
-            ) from None
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise too_large(limit)
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        async with asyncio.timeout(deadline_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected
+                chunk = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large(limit)
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise GuardError(
+            408,
+            f"request body not received within {deadline_s:g} s (received {size} bytes)",
+            "body_timeout",
+            close_connection=True,
+        ) from None

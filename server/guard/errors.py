@@ -11,8 +11,11 @@ import json
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     408: "timeout_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
+    500: "server_error",
     504: "timeout_error",
 }
 
@@ -24,28 +27,25 @@ class GuardError(Exception):
         self,
         status: int,
         message: str,
-        code: str,
+        code: str | int,
         param: str | None = None,
         *,
         close_connection: bool = False,
+        error_type: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.param = param
+        self.error_type = error_type or _TYPES.get(status, "invalid_request_error")
         # 413/408 leave an unread body on the socket: the connection cannot be reused.
         self.close_connection = close_connection
 
     def body(self) -> bytes:
-        return error_body(self.status, self.message, self.code, self.param)
+        error = {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}
+        return json.dumps({"error": error}).encode()
 
 
 def error_body(status: int, message: str, code: str, param: str | None = None) -> bytes:
-    error = {
-        "message": message,
-        "type": _TYPES.get(status, "invalid_request_error"),
-        "param": param,
-        "code": code,
-    }
-    return json.dumps({"error": error}).encode()
+    return GuardError(status, message, code, param).body()

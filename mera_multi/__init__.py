@@ -1,0 +1,1 @@
+"""Facts about the mera-multi distribution shared by both commands (mera-serve and mera-eval)."""
