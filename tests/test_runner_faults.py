@@ -264,7 +264,7 @@ async def test_a_changed_configuration_is_refused_before_waiting_for_the_endpoin
         changed = config(server, sample_data_dir, out, tasks=["WEIRD"])
     changed.options.params.max_tokens = 5  # the model is not given: it is compared once the endpoint answers
     started = time.monotonic()
-    with pytest.raises(StoreError, match=r"different configuration \(changed: params\)"):
+    with pytest.raises(StoreError, match=r"different configuration \(changed: generation, params\)"):
         await run(changed)  # the server is gone: only a local check can answer this fast
     assert time.monotonic() - started < 2
 
