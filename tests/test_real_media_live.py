@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 
 import pytest
 
@@ -74,17 +73,11 @@ def test_all_tasks_with_input_audio_and_images_resized(dev_server, sample_data_d
     assert all(r.prompt_tokens for r in replies)
 
 
-# `--video-frames` decodes every frame of a video before picking N (until the evaluator's bounded sampling
-# lands): about 3 GB for 30 s of 720p and ~0.9 GB for 5 s of 1080p. So this runs over the snapshot whose
-# videos are cut to 5 s (same codecs and sizes), two requests in flight. MERA_TEST_VIDEO_FRAMES_CLIPS=full
-# runs it over the 30-60 s clips at the usual concurrency, once decoding is bounded.
-FULL_CLIPS = os.environ.get("MERA_TEST_VIDEO_FRAMES_CLIPS", "short") == "full"
-
-
-def test_all_tasks_with_video_sent_as_six_frames(dev_server, request, tmp_path):
-    data_dir = request.getfixturevalue("sample_data_dir" if FULL_CLIPS else "short_video_data_dir")
-    replies, config = run_all_tasks(dev_server, data_dir, tmp_path / "run", "--video-frames", "6",
-                                    concurrency=8 if FULL_CLIPS else 2)
+# The full 30-60 s 720p/1080p clips: `--video-frames` decodes only up to the chosen frames and keeps
+# only those (evaluator/media.py), so this is bounded by the clips' bytes, not their length.
+def test_all_tasks_with_video_sent_as_six_frames(dev_server, sample_data_dir, tmp_path):
+    replies, config = run_all_tasks(dev_server, sample_data_dir, tmp_path / "run", "--video-frames", "6",
+                                    concurrency=8)
     assert config["media"]["video_frames"] == 6
     videos = [r for r in replies if TASKS[r.task].modality == "video"]
     assert videos and all(r.prompt_tokens > 6 * 250 for r in videos)  # six images of ~280 soft tokens each
