@@ -104,12 +104,14 @@ def row_to_sample(spec: TaskSpec, row: dict[str, Any], *, split: Split, domain: 
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{key_hint}: not in MERA's format (instruction/inputs/outputs/meta.id): {exc}") from None
     media: dict[str, Media] = {}
+    problems = []
     for field in spec.media_fields:
         value = inputs.pop(field, None)
         try:
             item = decode_media(spec.modality, value)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure names the sample
-            raise DataError(f"{key_hint} (id {sample_id}): cannot decode {field}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is this sample's, named, not the run's
+            problems.append(f"{key_hint} (id {sample_id}): cannot decode {field} ({type(exc).__name__}: {exc})")
+            continue
         if item is not None:
             media[field] = item
     outputs = row.get("outputs")
@@ -120,6 +122,7 @@ def row_to_sample(spec: TaskSpec, row: dict[str, Any], *, split: Split, domain: 
     return Sample(
         task=spec.name, domain=domain, split=split, index=index, id=sample_id,
         instruction=row["instruction"], inputs=inputs, media=media, outputs=outputs, meta=meta,
+        problem="; ".join(problems) or None,
     )  # fmt: skip
 
 

@@ -41,7 +41,7 @@ class FailureGroup(BaseModel):
     @property
     def label(self) -> str:
         code = f" {self.http_status}" if self.http_status else ""
-        return {"invalid_request": f"rejected{code}", "failed": f"failed{code}"}.get(
+        return {"invalid_request": f"rejected{code}", "failed": f"failed{code}", "not_sent": "not sent"}.get(
             self.status, f"{self.status}{code}")
 
 
@@ -49,8 +49,9 @@ def verdict(status: str, http_status: int | None, message: str) -> tuple[Retry, 
     """Can re-sending the same request fix this, and what to do."""
     if status == "failed":
         return "yes", "transient (connection, timeout or server error after every retry): re-send with --retry-errors"
-    if message.startswith("bad sample:"):
-        return "no", "the dataset row could not be turned into a request: check the data (--data-dir)"
+    if status == "not_sent":
+        return "no", ("not sent: the dataset row or the media options cannot make a request the server accepts; "
+                      "the message names what to change")
     if http_status in (401, 403):
         return "after a fix", "the endpoint refused the key: fix --api-key / MERA_API_KEY, then --retry-errors"
     if http_status == 404:

@@ -78,6 +78,8 @@ def ordered_media(sample: Sample, spec: TaskSpec):
 
 def user_content(sample: Sample, options: RequestOptions, text: str | None = None) -> list[dict[str, Any]]:
     """Content parts for one user turn: text pieces and media parts interleaved at the placeholders."""
+    if sample.problem:
+        raise SampleError(sample.key, sample.problem)
     spec = get_task(sample.task)
     text = question_text(sample, spec) if text is None else text
     media = ordered_media(sample, spec)

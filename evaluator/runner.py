@@ -202,7 +202,7 @@ class Runner:
         return reply
 
     def record_error(self, sample: Sample, problem: str) -> Reply:
-        reply = reply_for(sample, Outcome("invalid_request", error=f"bad sample: {problem}"), None)
+        reply = reply_for(sample, Outcome("not_sent", error=problem), None)
         self.store.record(reply)
         self._count(sample.task, reply)
         return reply

@@ -15,14 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Modality = Literal["image", "audio", "video"]
 Split = Literal["test", "shots"]
-# ok: an answer. invalid_request: the server refused the request (4xx, its message kept) or it could not be
-# built. failed: transient errors until the retries ran out. The rest are 200s that are not answers:
-# no_content (message.content null), no_choices, not_json, truncated (cut off), oversized (over the cap).
+# ok: an answer. invalid_request: the server refused the request (4xx, its message kept). not_sent: the
+# evaluator did not send it (the row could not be made a request, e.g. media that do not decode, or it is
+# over the server's media limits; the message says why). failed: transient errors until the retries ran
+# out. The rest are 200s that are not answers: no_content (message.content null), no_choices, not_json,
+# truncated (cut off), oversized (over the cap).
 # Only "ok" is ever scored; every other status is re-sent by --retry-errors.
-ReplyStatus = Literal["ok", "invalid_request", "failed", "no_content", "no_choices", "not_json", "truncated",
-                      "oversized"]
-FAILURE_STATUSES: tuple[str, ...] = ("invalid_request", "failed", "no_content", "no_choices", "not_json",
-                                     "truncated", "oversized")
+ReplyStatus = Literal["ok", "invalid_request", "not_sent", "failed", "no_content", "no_choices", "not_json",
+                      "truncated", "oversized"]
+FAILURE_STATUSES: tuple[str, ...] = ("invalid_request", "not_sent", "failed", "no_content", "no_choices",
+                                     "not_json", "truncated", "oversized")
 
 
 # --- media, as read from the dataset (decoded once, never twice) -------------------------------
@@ -70,6 +72,9 @@ class Sample(BaseModel):
     media: dict[str, Media] = Field(default_factory=dict)  # input key -> media, absent if None
     outputs: str | list[str] = ""  # gold; "" for private test splits
     meta: dict[str, Any] = Field(default_factory=dict)
+    # Why this row cannot become a request (e.g. a media file that does not decode): recorded for the
+    # sample, never sent, and the run goes on with the others.
+    problem: str | None = None
 
     @property
     def key(self) -> str:

@@ -17,9 +17,9 @@ import pytest
 import soundfile
 
 from evaluator import audio
-from evaluator.data import DataError, row_to_sample
+from evaluator.data import row_to_sample
 from evaluator.registry import TASKS
-from evaluator.requests import RequestOptions, build_request
+from evaluator.requests import RequestOptions, SampleError, build_request
 from evaluator.runner import RunConfig
 from tests.golden_audio import FIXTURES, all_cases, case_bytes, golden
 
@@ -86,11 +86,13 @@ def test_the_request_carries_the_official_wav_and_the_option_is_recorded():
     assert a["media"]["audio_channels"] == "mono" and b["media"]["audio_channels"] == "stored" and a != b
 
 
-def test_broken_audio_names_the_sample():
+def test_broken_audio_names_the_sample_and_makes_no_request():
     row = {"instruction": "<audio>", "inputs": {"audio": {"bytes": b"RIFF\0\0\0\0WAVEjunk", "path": "x.wav"}},
            "meta": {"id": 3}}
-    with pytest.raises(DataError, match=r"ruEnvAQA/-/test row 0 \(id 3\): cannot decode audio"):
-        row_to_sample(TASKS["ruEnvAQA"], row, split="test", domain=None, index=0)
+    sample = row_to_sample(TASKS["ruEnvAQA"], row, split="test", domain=None, index=0)
+    assert sample.media == {} and sample.problem.startswith("ruEnvAQA/-/test row 0 (id 3): cannot decode audio")
+    with pytest.raises(SampleError, match=r"cannot decode audio"):
+        build_request(sample, RequestOptions())
 
 
 def test_decoding_needs_no_librosa(monkeypatch):

@@ -418,7 +418,7 @@ async def test_a_turn_over_the_media_limit_is_reported_not_sent(tmp_path):
     assert [r.sample_key for r in client.requests] == [samples[0].key, samples[1].key]
     for q in (2, 3):
         reply = store.get(samples[q].key)
-        assert reply.status == "invalid_request" and reply.http_status is None
+        assert reply.status == "not_sent" and reply.http_status is None
         assert f"ruTiE-Audio dialogue 0 turn {q} with {q} earlier turns" in reply.error
         assert f"{q + 1} audio items but the server admits 2 per request" in reply.error
         assert "shorter --rutie-history" in reply.error and reply.meta["submission_id"] == samples[q].id
@@ -452,5 +452,5 @@ async def test_a_turn_that_cannot_be_built_is_recorded_with_its_turn(tmp_path):
     await dialogue.run_task(get_task("ruTiE-Image"), [samples[0], broken], ctx)
     assert len(client.requests) == 1
     reply = store.get(broken.key)
-    assert reply.status == "invalid_request" and "ruTiE-Image dialogue 0 turn 1" in reply.error
+    assert reply.status == "not_sent" and "ruTiE-Image dialogue 0 turn 1" in reply.error
     assert "2 media placeholder(s)" in reply.error and "1 media item(s)" in reply.error

@@ -81,7 +81,7 @@ async def test_a_bad_sample_is_recorded_and_the_run_goes_on(sample_data_dir, tmp
         assert server.chat_requests == 11
     assert summary.errors == 1 and summary.progress["ruCLEVR"].errors == 1
     store = RunStore.open_existing(tmp_path / "run")
-    (bad,) = store.replies(status="invalid_request")
+    (bad,) = store.replies(status="not_sent")
     assert bad.task == "ruCLEVR" and "placeholders" in bad.error and bad.content is None and bad.http_status is None
 
 
@@ -175,3 +175,27 @@ async def test_exports_are_what_meras_log_to_submission_reads_and_carry_no_media
             assert isinstance(doc["arguments"][0][0], str) and doc["doc_id"] in {i for *_, i in ids_in_store}
             exported += 1
     assert exported == len(ids_in_store) == server.chat_requests
+
+
+async def test_a_row_whose_media_do_not_decode_is_recorded_and_the_run_goes_on(tmp_path):
+    """A corrupt clip in the middle of a split: that sample is stored as not sent, naming the row and the
+    decoder's error; every other sample is sent and answered."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.media_factory import audio_bytes
+
+    rows = [{"instruction": "<audio>{question}", "inputs": {"question": f"q{i}", "audio": {
+        "bytes": b"RIFF\0\0\0\0WAVEjunk" if i == 1 else audio_bytes(1.0, rate=44100), "path": f"{i}.wav"}},
+        "outputs": "A", "meta": {"id": i}} for i in range(3)]
+    path = tmp_path / "data" / "MERA-evaluation" / "ruEnvAQA" / "data" / "test-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    with FaultServer() as server:
+        summary = await run(config(server, tmp_path / "data", tmp_path / "run", tasks=["ruEnvAQA"]))
+        assert server.chat_requests == 2
+    assert summary.errors == 1 and summary.progress["ruEnvAQA"].done == 3
+    store = RunStore.open_existing(tmp_path / "run")
+    (bad,) = store.replies(status="not_sent")
+    assert bad.sample_id == 1 and bad.error.startswith("ruEnvAQA/-/test row 1 (id 1): cannot decode audio")
+    assert len(list(store.replies(status="ok"))) == 2
