@@ -39,11 +39,12 @@ GROUPS = {
 CONCURRENCY = 64  # mera-eval run's default
 
 
-def snapshot(tmp: Path, rows: int, video_seconds: float | None) -> tuple[Path, float]:
+def snapshot(tmp: Path, rows: int, video_seconds: float | None, row_group_mb: float) -> tuple[Path, float]:
     from evaluator.sample_data import write_sample_data
 
     started = time.monotonic()
-    out = write_sample_data(tmp / f"data-{rows}", per_split=rows, video_seconds=video_seconds)
+    out = write_sample_data(tmp / f"data-{rows}", per_split=rows, video_seconds=video_seconds,
+                            row_group_mb=row_group_mb)
     return out, time.monotonic() - started
 
 
@@ -54,7 +55,7 @@ def bench(args) -> list[dict]:
         with tempfile.TemporaryDirectory(prefix="mera-media-bench-") as tmp_name:
             tmp = Path(tmp_name)
             for rows in (args.rows, args.rows * args.scale):
-                data, write_s = snapshot(tmp, rows, args.video_seconds)
+                data, write_s = snapshot(tmp, rows, args.video_seconds, args.row_group_mb)
                 size_mb = sum(p.stat().st_size for p in data.rglob("*.parquet")) / 1e6
                 print(json.dumps({"snapshot_rows_per_split": rows, "parquet_mb": round(size_mb, 1),
                                   "write_s": round(write_s, 1)}), flush=True)
@@ -90,6 +91,9 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=10, help="The larger snapshot has this many times the rows.")
     parser.add_argument("--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS))
     parser.add_argument("--video-seconds", type=float, help="Cut the 30-60 s videos to this length (same codecs).")
+    parser.add_argument("--row-group-mb", type=float, default=10.0,
+                        help="Parquet row groups of at most this many MB (the hub: 100; default 10, so that the "
+                        "small snapshots hold several groups, as the real splits do at 100 MB).")
     parser.add_argument("extra", nargs="*", help="After `--`: more `mera-eval run` arguments for every run.")
     args = parser.parse_args()
     print(json.dumps({"machine": machine(), "date": datetime.now(UTC).isoformat(timespec="minutes")}), flush=True)

@@ -166,13 +166,21 @@ def _features_schema(spec: TaskSpec, table):
     return features.arrow_schema
 
 
-def _write_parquet(spec: TaskSpec, rows: list[dict], path: Path) -> None:
+# `datasets` (3.x and later) cuts a parquet file into row groups of at most 100 MB uncompressed
+# (config.MAX_ROW_GROUP_SIZE); a reader holds about one group at a time, so memory depends on this,
+# not on the number of rows.
+ROW_GROUP_MB = 100.0
+
+
+def _write_parquet(spec: TaskSpec, rows: list[dict], path: Path, row_group_mb: float = ROW_GROUP_MB) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows)
-    pq.write_table(table.cast(_features_schema(spec, table)), path)
+    table = table.cast(_features_schema(spec, table))
+    per_row = table.nbytes / max(1, table.num_rows)
+    pq.write_table(table, path, row_group_size=max(1, int(row_group_mb * 1e6 // max(per_row, 1))))
 
 
 def _dataset_card(spec: TaskSpec) -> str:
@@ -186,11 +194,13 @@ def _dataset_card(spec: TaskSpec) -> str:
 
 
 def write_sample_data(out_dir: Path, *, per_split: int = 4, seed: int = 0, tasks: list[str] | None = None,
-                      cache: sm.MediaCache | None = None, video_seconds: float | None = None) -> Path:
+                      cache: sm.MediaCache | None = None, video_seconds: float | None = None,
+                      row_group_mb: float = ROW_GROUP_MB) -> Path:
     """Write the snapshot under `out_dir` (usable as `mera-eval run --data-dir out_dir`).
 
     Media come from `cache` (default: the per-user media cache), rendered on first use; `video_seconds`
-    shortens every longer video to that length (same codecs and sizes)."""
+    shortens every longer video to that length (same codecs and sizes); parquet row groups hold at most
+    `row_group_mb` as `datasets` writes them (smaller, to see many groups in a small snapshot)."""
     out_dir = Path(out_dir)
     plan = MediaPlan(cache or sm.MediaCache(), video_seconds)
     for spec in resolve_tasks(tasks):
@@ -201,7 +211,7 @@ def write_sample_data(out_dir: Path, *, per_split: int = 4, seed: int = 0, tasks
                 # meta.id is unique across a dataset's domains on the hub (their files merge into one submission)
                 rows = _rows(spec, rng, plan, split, per_split, id_base + 1000 * k, position_base=k * per_split)
                 folder = root / domain if domain else root / "data"
-                _write_parquet(spec, rows, folder / f"{split}-00000-of-00001.parquet")
+                _write_parquet(spec, rows, folder / f"{split}-00000-of-00001.parquet", row_group_mb)
         (root / "README.md").write_text(_dataset_card(spec), encoding="utf-8")
     (out_dir / "README.md").write_text(
         "Synthetic MERA Multi sample data written by `mera-eval sample-data` (hub parquet layout).\n", encoding="utf-8"

@@ -213,3 +213,15 @@ def test_sample_data_command_refuses_a_video_length_of_zero(tmp_path, capsys):
         cli_main(["sample-data", str(tmp_path / "snap"), "--video-seconds", "0"])
     assert exit_.value.code == 2 and "--video-seconds: must be more than 0" in capsys.readouterr().err
     assert not (tmp_path / "snap").exists()
+
+
+def test_row_groups_are_cut_by_size_as_datasets_writes_them(tmp_path, media_cache):
+    """A reader holds about one row group at a time: groups are at most `row_group_mb` (the hub: 100 MB), so
+    a larger split has more groups, not bigger ones."""
+    out = write_sample_data(tmp_path / "d", per_split=6, tasks=["ruEnvAQA", "CommonVideoQA"], cache=media_cache,
+                            row_group_mb=1)
+    for name in ("ruEnvAQA", "CommonVideoQA"):
+        meta = pq.ParquetFile(out / TASKS[name].hub_id / "data" / "test-00000-of-00001.parquet").metadata
+        groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+        assert meta.num_rows == 6 and len(groups) > 1
+        assert all(g.total_byte_size <= 1.5e6 or g.num_rows == 1 for g in groups), name  # a big row: its own group
