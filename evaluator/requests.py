@@ -9,17 +9,21 @@ system prompt unless asked. A placeholder/media count mismatch is an error for t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+import sys
+from importlib import metadata
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from evaluator import media as media_codec
 from evaluator.audio import AudioChannels
 from evaluator.registry import TaskSpec, get_task
-from evaluator.schema import ChatRequest, GenerationParams, Sample
+from evaluator.schema import AudioMedia, ChatRequest, GenerationParams, Sample
 
 PLACEHOLDER = re.compile(r"<(image|audio|video)>")
 
@@ -122,6 +126,50 @@ def request_digest(messages: list[dict[str, Any]], params: GenerationParams) -> 
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+# The code and libraries a request is built with: a change to any of them makes `source_digest` differ, so
+# resume falls back to rebuilding each stored request and comparing `request_digest` (the exact check).
+BUILDER_MODULES = ("evaluator.requests", "evaluator.media", "evaluator.audio", "evaluator.schema",
+                   "evaluator.registry")
+BUILDER_LIBRARIES = ("numpy", "pillow", "av", "soundfile")
+
+
+@functools.cache
+def builder_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for name in BUILDER_MODULES:
+        with open(sys.modules[name].__file__, "rb") as source:  # all imported by this module
+            digest.update(name.encode() + b"\0" + hashlib.sha256(source.read()).digest())
+    for name in BUILDER_LIBRARIES:
+        try:
+            digest.update(f"{name}=={metadata.version(name)}\0".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{name} absent\0".encode())
+    return digest.hexdigest()
+
+
+def source_digest(sample: Sample, options: RequestOptions) -> str:
+    """What a request is built from, as a hash: the row (text, media as stored or decoded), the options,
+    the task's generation settings and the builder's code. Cheap (no encoding), so a resumed run skips
+    a stored sample whose sources are unchanged without rebuilding its request (sampling video frames
+    costs seconds per clip); an equal source digest means an equal request."""
+    digest = hashlib.sha256()
+    head = {"key": sample.key, "instruction": sample.instruction, "inputs": sample.inputs,
+            "problem": sample.problem, "options": options.model_dump(mode="json"),
+            "generation": generation_for(get_task(sample.task), options.params).model_dump(mode="json"),
+            "builder": builder_fingerprint()}
+    digest.update(json.dumps(head, sort_keys=True, ensure_ascii=False, default=str).encode())
+    for name in sorted(sample.media):
+        item = sample.media[name]
+        digest.update(f"\0{name}:{item.kind}\0".encode())
+        if isinstance(item, AudioMedia):
+            array = np.ascontiguousarray(item.array)
+            digest.update(f"{item.rate}:{array.dtype.str}:{array.shape}\0".encode())
+            digest.update(memoryview(array).cast("B"))
+        else:
+            digest.update(item.data)
+    return digest.hexdigest()
+
+
 def build_request(sample: Sample, options: RequestOptions) -> ChatRequest:
     """CPU-bound (base64 of media): call it from a worker thread, not the event loop."""
     spec = get_task(sample.task)
@@ -131,4 +179,4 @@ def build_request(sample: Sample, options: RequestOptions) -> ChatRequest:
     messages.append({"role": "user", "content": user_content(sample, options)})
     params = generation_for(spec, options.params)
     return ChatRequest(sample_key=sample.key, modality=spec.modality, messages=messages, params=params,
-                       digest=request_digest(messages, params))
+                       digest=request_digest(messages, params), source_digest=source_digest(sample, options))

@@ -41,7 +41,14 @@ from evaluator.http_policy import Clock
 from evaluator.limits import check_run as check_media_limits
 from evaluator.limits import sample_problem as media_limit_problem
 from evaluator.registry import TASKS, TaskSpec, resolve_tasks
-from evaluator.requests import RequestOptions, SampleError, build_request, generation_for, question_text
+from evaluator.requests import (
+    RequestOptions,
+    SampleError,
+    build_request,
+    generation_for,
+    question_text,
+    source_digest,
+)
 from evaluator.runinfo import invocation_record
 from evaluator.schema import ChatRequest, Reply, Sample, Split
 from evaluator.store import ExpectedSample, RunStore, StoreWriteError
@@ -168,7 +175,8 @@ def reply_for(sample: Sample, outcome: Outcome, request: ChatRequest | None) -> 
         attempts=outcome.attempts, latency_s=outcome.latency_s, queue_s=outcome.queue_s, wait_s=outcome.wait_s,
         evidence=outcome.evidence, prompt_tokens=outcome.prompt_tokens,
         completion_tokens=outcome.completion_tokens, endpoint=outcome.endpoint,
-        request_digest=request.digest if request else None, question=question, gold=sample.outputs,
+        request_digest=request.digest if request else None,
+        source_digest=request.source_digest if request else None, question=question, gold=sample.outputs,
         meta=sample.meta,
     )  # fmt: skip
 
@@ -218,7 +226,8 @@ class Runner:
     def check_stored(self, sample: Sample, digest_now: str | None, problem: str | None = None) -> bool:
         """A sample with a stored reply: True (skip it) when the request it would get now is the one its
         reply answered; False (re-send it) when that changed and --rebuild-changed; else refuse."""
-        if self._stored.get(sample.key, digest_now) == digest_now:
+        stored = self._stored.get(sample.key)
+        if stored is None or stored.request == digest_now:
             progress = self.progress[sample.task]
             progress.skipped += 1
             progress.errors += sample.key in self._kept_errors
@@ -238,6 +247,11 @@ class Runner:
         if problem := media_limit_problem(sample, self.config.options, self.config.mm_limits):
             if not (stored and self.check_stored(sample, None, problem)):
                 self.record_error(sample, problem)
+            return
+        # built from the same row, options and code as the stored reply's request: the same request
+        if stored and (source := self._stored[sample.key].source) and source == await asyncio.to_thread(
+                source_digest, sample, self.config.options):
+            self.check_stored(sample, self._stored[sample.key].request)
             return
         try:
             request = await asyncio.to_thread(build_request, sample, self.config.options)

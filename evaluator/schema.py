@@ -106,6 +106,7 @@ class ChatRequest(BaseModel):
     messages: list[dict[str, Any]]  # OpenAI messages with content parts and data URLs
     params: GenerationParams
     digest: str  # sha256 of messages (media as their own sha256) + params: what was sent
+    source_digest: str | None = None  # sha256 of what it was built from (requests.source_digest)
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -144,6 +145,7 @@ class Reply(BaseModel):
     completion_tokens: int | None = None
     endpoint: str | None = None
     request_digest: str | None = None
+    source_digest: str | None = None  # lets a resumed run skip the sample without rebuilding its request
     # What scoring needs, copied from the sample so scoring never reloads the dataset:
     question: str = ""  # instruction.format(**inputs) as MERA's judge sees it
     gold: str | list[str] = ""

@@ -73,6 +73,13 @@ class StoreWriteError(StoreError):
     exit_code = 1
 
 
+class StoredDigests(NamedTuple):
+    """What identifies the request a stored reply answered (schema.Reply's two digests)."""
+
+    request: str | None  # the request as sent (media as sha256)
+    source: str | None  # what it was built from (None in replies stored before it existed, and for not_sent)
+
+
 class ExpectedSample(NamedTuple):
     sample_key: str
     task: str
@@ -415,10 +422,12 @@ class RunStore:
         sql = "SELECT sample_key FROM replies" + ("" if include_errors else " WHERE status='ok'")
         return {r[0] for r in self._query(sql)}
 
-    def stored_digests(self, include_errors: bool = False) -> dict[str, str | None]:
-        """{sample_key: the digest of the request its stored reply answered} for the keys `done_keys` gives."""
-        sql = "SELECT sample_key, json_extract(body, '$.request_digest') FROM replies"
-        return dict(self._query(sql + ("" if include_errors else " WHERE status='ok'")))
+    def stored_digests(self, include_errors: bool = False) -> dict[str, StoredDigests]:
+        """{sample_key: the digests of the request its stored reply answered} for the keys `done_keys` gives."""
+        sql = ("SELECT sample_key, json_extract(body, '$.request_digest'), json_extract(body, '$.source_digest') "
+               "FROM replies")
+        rows = self._query(sql + ("" if include_errors else " WHERE status='ok'"))
+        return {key: StoredDigests(request, source) for key, request, source in rows}
 
     def count(self) -> int:
         return self._query("SELECT count(*) FROM replies")[0][0]

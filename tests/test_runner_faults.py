@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from evaluator import dialogue as dialogue_module
+from evaluator import requests as requests_module
 from evaluator import runner as runner_module
 from evaluator.data import DataError, DataSource
 from evaluator.http_policy import AuthError, EndpointError, RetryPolicy
@@ -331,6 +332,8 @@ async def test_a_changed_request_builder_is_detected_on_resume(sample_data_dir, 
             return request
 
         monkeypatch.setattr(runner_module, "build_request", changed_builder)
+        # a change to the builder's code changes its fingerprint, so stored requests are rebuilt and compared
+        monkeypatch.setattr(requests_module, "builder_fingerprint", lambda: "edited code")
         with pytest.raises(ChangedRequestError) as err:
             await run(config(server, sample_data_dir, out, tasks=["WEIRD"], rutie_history=2))
         assert "WEIRD/-/test/" in str(err.value) and "different request now" in str(err.value)
@@ -349,6 +352,37 @@ async def test_a_changed_request_builder_is_detected_on_resume(sample_data_dir, 
         monkeypatch.setattr(dialogue_module, "build_turn_messages", changed_turns)
         with pytest.raises(ChangedRequestError, match="ruTiE-Image/-/test/"):
             await run(config(server, sample_data_dir, out, tasks=["ruTiE-Image"], rutie_history=2))
+
+
+async def test_a_resumed_run_skips_unchanged_samples_without_rebuilding_their_requests(sample_data_dir, tmp_path,
+                                                                                     monkeypatch):
+    """Sampling video frames costs seconds per clip: a stored sample built from the same row, options and
+    builder code is skipped on its source digest. Replies stored without one (older stores) are rebuilt
+    and compared as before, and keep being skipped."""
+    out = tmp_path / "run"
+    tasks = ["WEIRD", "ruCLEVR", "ruEnvAQA", "ruHHH-Video"]
+    options = RequestOptions(params=GenerationParams(model=""), video_frames=3)
+    with FaultServer() as server:
+        first = await run(config(server, sample_data_dir, out, tasks=tasks, options=options))
+        builds = []
+
+        def counted(sample, options):
+            builds.append(sample.key)
+            return build_request(sample, options)
+
+        monkeypatch.setattr(runner_module, "build_request", counted)
+        again = await run(config(server, sample_data_dir, out, tasks=tasks, options=options))
+        assert first.sent == server.chat_requests == 16 and again.sent == 0 and builds == []
+
+        with sqlite3.connect(out / "store.sqlite") as conn:  # as a store written before source digests
+            conn.execute("UPDATE replies SET body = json_remove(body, '$.source_digest') WHERE task='ruCLEVR'")
+        again = await run(config(server, sample_data_dir, out, tasks=tasks, options=options))
+        assert again.sent == 0 and len(builds) == 4 and all(key.startswith("ruCLEVR/") for key in builds)
+
+        monkeypatch.setattr(requests_module, "builder_fingerprint", lambda: "edited code")
+        again = await run(config(server, sample_data_dir, out, tasks=tasks, options=options))
+        assert again.sent == 0 and len(builds) == 20  # rebuilt, compared, unchanged: nothing re-sent
+    assert server.chat_requests == 16
 
 
 async def test_a_hub_run_is_pinned_to_the_commit_it_started_with(tmp_path, monkeypatch):
