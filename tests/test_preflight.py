@@ -41,6 +41,18 @@ def test_dev_without_an_engine_names_the_cpu_extra(machine, capsys):
     assert "python -m server.cpu_fixes" in err
 
 
+def test_a_cpu_engine_without_a_resampler_names_soxr(machine, capsys, monkeypatch):
+    """What a fresh CI clone met when soxr came only with librosa: every 44.1/48 kHz clip would be a 500."""
+    machine(gpu=False, engine="cpu")
+    monkeypatch.setattr(preflight, "resampler_importable", lambda: False)
+    err = one_line_error(capsys, ["--dev"])
+    assert "soxr is not installed" in err and err.rstrip().endswith("(part of 'mera-multi[cpu]')")
+
+
+def test_this_dev_venv_has_a_resampler():
+    assert preflight.resampler_importable()
+
+
 def test_no_engine_on_a_gpu_host_names_the_gpu_extra(machine, capsys):
     machine(gpu=True, engine=None)
     err = one_line_error(capsys, [])
