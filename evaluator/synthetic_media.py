@@ -112,7 +112,7 @@ class VideoSpec(_Spec):
 MediaSpec = ImageSpec | AudioSpec | VideoSpec
 
 
-# --- catalogues: the real datasets' properties (../shared/docs/real-media.md in the team checkout) -------------
+# --- catalogues: the real datasets' properties (measured on the published MERA media) -------------
 PHONE_PHOTO = ImageSpec(content="photo", width=4032, height=3024, format="JPEG", exif_orientation=6, icc_profile=True)
 MATH_PHOTO = ImageSpec(content="photo", width=4000, height=3000, format="JPEG", exif_orientation=1, icc_profile=True)
 CLEVR_RGBA = ImageSpec(content="shapes", width=480, height=320, format="PNG", mode="RGBA")
