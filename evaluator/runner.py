@@ -231,6 +231,7 @@ class Runner:
             progress = self.progress[sample.task]
             progress.skipped += 1
             progress.errors += sample.key in self._kept_errors
+            self._tick(sample.task)
             return True
         if self.config.rebuild_changed:
             self.rebuilt += 1
