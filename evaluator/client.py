@@ -6,7 +6,8 @@ is sent, per attempt; backoff sleeps and waiting for a down endpoint are `wait_s
 only if it is a JSON completion whose first choice has text: `content: null` (`no_content`), no
 choices (`no_choices`), a body that is not JSON (`not_json`), cut off (`truncated`) or over the size
 cap (`oversized`) are failures with their evidence, never scored and re-sent by `--retry-errors`.
-The openai SDK's hidden retries are not used: httpx directly, one policy.
+The openai SDK's hidden retries are not used: httpx's interface directly over aiohttp's connection pool
+(`evaluator.transport`), one policy.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from evaluator.http_policy import (
     parse_retry_after,
 )
 from evaluator.schema import ChatRequest
+from evaluator.transport import AiohttpTransport
 
 __all__ = ["ChatClient", "Outcome", "RetryPolicy", "DEFAULT_TIMEOUTS", "error_message", "parse_retry_after"]
 
@@ -99,9 +101,9 @@ class ChatClient:
         self.clock = clock or SYSTEM_CLOCK
         self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
         self._slots = asyncio.Semaphore(concurrency)
-        self._http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency),
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {}, transport=transport,
+        self._http = httpx.AsyncClient(  # probes run outside the slots: a few connections more than `concurrency`
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            transport=transport or AiohttpTransport(max_connections=concurrency + 8),
         )
         self.pool = EndpointPool(endpoints, self._http, self.retry, self.clock, on_notice)
         self.endpoints = self.pool.endpoints
