@@ -27,7 +27,8 @@ an `httpx.MockTransport`. This module maps aiohttp's behaviour onto httpx's:
 
 Stale keep-alive connections: idle connections are closed after 4 s, under uvicorn's 5 s keep-alive
 (vLLM's server). A server that closed a kept-alive connection just before it was reused (it restarted,
-or its own idle timer won the race) makes that request fail before any reply byte; httpcore avoids this by
+or its own idle timer won the race) makes that request fail before any reply byte (a disconnect, a reset,
+or "cannot write request body"); httpcore avoids this by
 polling an idle socket before reusing it, aiohttp checks only what the event loop has already seen. So a
 request that fails that way on a *reused* connection is sent once more on a fresh one (re-sending a chat
 completion is safe: it is a pure function of its request); on a new connection the failure is reported.
@@ -212,7 +213,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                             allow_redirects=False, timeout=client_timeout, proxy=self._proxy(url),
                             ssl=tls if tls is not None else True, trace_request_ctx=trace)
                         break
-                    except aiohttp.ServerDisconnectedError:
+                    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):  # closed, reset, broken pipe
                         if not trace.reused:
                             raise
                         if upload is not None:

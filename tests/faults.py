@@ -87,6 +87,14 @@ class FaultServer:
 
         asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(10)
 
+    def drop_connections(self) -> None:
+        """Close every kept-alive connection but keep listening (the server's idle timeout, or a proxy's)."""
+        async def _drop():
+            for writer in list(self._writers):
+                writer.close()
+
+        asyncio.run_coroutine_threadsafe(_drop(), self._loop).result(10)
+
     def close(self) -> None:
         self.stop()  # the loop thread is a daemon: closing it here would race connections still closing
 
