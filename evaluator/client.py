@@ -100,10 +100,11 @@ class ChatClient:
         self.retry = retry or RetryPolicy()
         self.clock = clock or SYSTEM_CLOCK
         self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
+        self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
+        self._transport = transport or AiohttpTransport(max_connections=concurrency + 8)
         self._http = httpx.AsyncClient(  # probes run outside the slots: a few connections more than `concurrency`
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-            transport=transport or AiohttpTransport(max_connections=concurrency + 8),
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {}, transport=self._transport,
         )
         self.pool = EndpointPool(endpoints, self._http, self.retry, self.clock, on_notice)
         self.endpoints = self.pool.endpoints
@@ -131,6 +132,13 @@ class ChatClient:
         if not self.pool.models:
             raise EndpointError(f"{self.endpoints[0].url}/v1/models lists no model", fix="pass --model")
         return self.pool.models[0]
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """The requests in flight from now on (called once, before any `send`: after asking the server)."""
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        if isinstance(self._transport, AiohttpTransport):
+            self._transport.resize(concurrency + 8)
 
     def timeouts_for(self, modality: str) -> Timeouts:
         first_byte = self.timeouts.get(modality, max(self.timeouts.values()))

@@ -71,10 +71,10 @@ class _Upload:
         self.timer: asyncio.Timeout | None = None
         self.done = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[memoryview]:
         loop = asyncio.get_running_loop()
         for start in range(0, len(self.body), UPLOAD_CHUNK):
-            yield bytes(self.body[start:start + UPLOAD_CHUNK])
+            yield self.body[start:start + UPLOAD_CHUNK]  # a view: the body is not copied
             if self.timer is not None and self.write_s is not None:
                 self.timer.reschedule(loop.time() + self.write_s)
         self.done = True
@@ -158,6 +158,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._proxies = {k: v for k, v in urllib.request.getproxies_environment().items() if k != "no"}
         self._proxy_for: dict[tuple[str, str], str | None] = {}
 
+    def resize(self, max_connections: int) -> None:
+        """A new connection limit (before requests are in flight: the old slots are dropped)."""
+        self.max_connections = max_connections
+        self._slots = asyncio.Semaphore(max_connections)
+
     def _proxy(self, url: URL) -> str | None:
         key = (url.scheme, url.host or "")
         if key not in self._proxy_for:
@@ -195,9 +200,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             tls = self._ssl
         connect_s, read_s = timeout.get("connect"), timeout.get("read")
         client_timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s, sock_read=read_s)
+        slots = self._slots  # released to the semaphore it was taken from, even after a resize
         try:
             async with asyncio.timeout(timeout.get("pool")):
-                await self._slots.acquire()
+                await slots.acquire()
         except TimeoutError:
             raise httpx.PoolTimeout("no free connection", request=request) from None
         upload = _Upload(body, timeout.get("write")) if len(body) > SMALL_BODY else None
@@ -222,7 +228,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             if upload is not None:
                 upload.timer = None  # the server may answer before the upload ends; the timer is over
         except BaseException as exc:
-            self._slots.release()
+            slots.release()
             if upload is not None:
                 upload.timer = None
                 if timer.expired() and not upload.done:
@@ -236,7 +242,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 raise mapped from exc
             raise
         return httpx.Response(
-            response.status, headers=list(response.raw_headers), stream=_Body(response, request, self._slots),
+            response.status, headers=list(response.raw_headers), stream=_Body(response, request, slots),
             request=request,
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()})
 
