@@ -59,25 +59,29 @@ class ConcurrencyChoice:
 
 
 def parse_metrics(text: str) -> Capacity | None:
-    """vLLM's Prometheus page -> its KV capacity; None when the page is not vLLM's."""
+    """vLLM's Prometheus page -> its KV capacity, summed over its engines (data-parallel replicas each
+    publish their own `engine="N"` line); None when the page is not vLLM's."""
     if "vllm:" not in text:
         return None
-    match = _INFO.search(text)
-    if match is None:
+    engines: dict[str, tuple[int | None, bool]] = {}
+    for match in _INFO.finditer(text):
+        labels = dict(_LABEL.findall(match.group("labels")))
+
+        def number(name: str, labels: dict[str, str] = labels) -> int | None:
+            try:
+                return int(float(labels.get(name, "")))
+            except ValueError:
+                return None
+
+        tokens = number("kv_cache_size_tokens")
+        if not tokens:
+            blocks, size = number("num_gpu_blocks"), number("block_size")
+            tokens = blocks * size if blocks and size else None
+        engines[labels.get("engine", str(len(engines)))] = (tokens, (number("kv_cache_memory_bytes") or 0) > 0)
+    if not engines:
         return Capacity(kv_tokens=None, cpu=False)
-    labels = dict(_LABEL.findall(match.group("labels")))
-
-    def number(name: str) -> int | None:
-        try:
-            return int(float(labels.get(name, "")))
-        except ValueError:
-            return None
-
-    tokens = number("kv_cache_size_tokens")
-    if not tokens:
-        blocks, size = number("num_gpu_blocks"), number("block_size")
-        tokens = blocks * size if blocks and size else None
-    return Capacity(kv_tokens=tokens, cpu=(number("kv_cache_memory_bytes") or 0) > 0)
+    sizes = [t for t, _ in engines.values()]
+    return Capacity(kv_tokens=sum(sizes) if all(sizes) else None, cpu=any(c for _, c in engines.values()))
 
 
 def rule(capacity: Capacity | None) -> tuple[int, str]:

@@ -41,6 +41,14 @@ def test_older_pages_without_kv_cache_size_tokens_use_blocks_times_block_size():
     assert parse_metrics(page).kv_tokens == 32768 * 128
 
 
+def test_data_parallel_replicas_add_up():
+    one = gpu_page(500_000)
+    info = next(line for line in one.splitlines() if line.startswith("vllm:cache_config_info{"))
+    two = one + "\n" + info.replace('engine="0"', 'engine="1"') + "\n"
+    assert parse_metrics(two).kv_tokens == 1_000_000
+    assert rule(parse_metrics(two))[0] == 976
+
+
 def test_a_page_that_is_not_vllms_is_the_default():
     assert parse_metrics("# HELP http_requests_total\nhttp_requests_total 3\n") is None
     assert rule(None) == (64, "no vLLM /metrics")
