@@ -109,7 +109,8 @@ async def test_a_gzip_reply_is_decoded_and_a_corrupt_one_is_a_decoding_failure()
 
 async def test_the_send_path_costs_well_under_the_old_pools_cpu_per_request():
     """600 short requests at 64 in flight: client-thread CPU per request (the fault server runs in its own
-    thread, not counted). httpcore's pool took 3-5 ms here; the budget is 3 ms; this transport ~0.8 ms."""
+    thread, not counted). The issue's budget is 3 ms; httpcore's pool took 3.2-5.3 ms here, this transport
+    0.8-1.8 ms (load average 1.5-8 on the shared 2-core machine)."""
     with FaultServer(keep_bodies=False) as server:
         async with ChatClient([server.base_url], concurrency=64) as client:
             await asyncio.gather(*(client.send(request()) for _ in range(64)))  # connections opened
@@ -117,7 +118,7 @@ async def test_the_send_path_costs_well_under_the_old_pools_cpu_per_request():
             outcomes = await asyncio.gather(*(client.send(request()) for _ in range(600)))
             cpu_ms = (time.thread_time() - cpu0) * 1000 / 600
     assert all(o.status == "ok" for o in outcomes)
-    assert cpu_ms < 2.0, f"{cpu_ms:.2f} ms CPU per request"
+    assert cpu_ms < 3.0, f"{cpu_ms:.2f} ms CPU per request"
 
 
 def test_request_bodies_are_the_json_the_stdlib_writes():
