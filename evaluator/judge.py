@@ -41,7 +41,6 @@ from pydantic import BaseModel, Field, SecretStr
 from evaluator.endpoints import EndpointPool, Notice, call
 from evaluator.http_policy import SYSTEM_CLOCK, Clock, RetryPolicy, Timeouts
 from evaluator.structured import gather_all
-from evaluator.transport import AiohttpTransport
 
 MAX_LENGTH = 8000
 OFFSET = 5
@@ -97,6 +96,9 @@ class JudgeClient:
         headers = {}
         if config.api_key is not None and config.api_key.get_secret_value():
             headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+        # imported here: aiohttp only when scoring uses a judge
+        from evaluator.transport import AiohttpTransport
+
         self._http = httpx.AsyncClient(headers=headers,
                                        transport=transport or AiohttpTransport(max_connections=config.concurrency + 4))
         self.pool = EndpointPool([config.url], self._http, config.retry, clock or SYSTEM_CLOCK, on_notice)
