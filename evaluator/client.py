@@ -6,7 +6,8 @@ is sent, per attempt; backoff sleeps and waiting for a down endpoint are `wait_s
 only if it is a JSON completion whose first choice has text: `content: null` (`no_content`), no
 choices (`no_choices`), a body that is not JSON (`not_json`), cut off (`truncated`) or over the size
 cap (`oversized`) are failures with their evidence, never scored and re-sent by `--retry-errors`.
-The openai SDK's hidden retries are not used: httpx directly, one policy.
+The openai SDK's hidden retries are not used: httpx's interface directly over aiohttp's connection pool
+(`evaluator.transport`), one policy.
 """
 
 from __future__ import annotations
@@ -98,10 +99,14 @@ class ChatClient:
         self.retry = retry or RetryPolicy()
         self.clock = clock or SYSTEM_CLOCK
         self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
+        # imported here: aiohttp's import (~0.2 s) only for a run that sends
+        from evaluator.transport import AiohttpTransport
+
+        self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
-        self._http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency),
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {}, transport=transport,
+        self._transport = transport or AiohttpTransport(max_connections=concurrency + 8)
+        self._http = httpx.AsyncClient(  # probes run outside the slots: a few connections more than `concurrency`
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {}, transport=self._transport,
         )
         self.pool = EndpointPool(endpoints, self._http, self.retry, self.clock, on_notice)
         self.endpoints = self.pool.endpoints
@@ -129,6 +134,13 @@ class ChatClient:
         if not self.pool.models:
             raise EndpointError(f"{self.endpoints[0].url}/v1/models lists no model", fix="pass --model")
         return self.pool.models[0]
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """The requests in flight from now on (called once, before any `send`: after asking the server)."""
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        if hasattr(self._transport, "resize"):  # ours (an injected test transport has no pool to size)
+            self._transport.resize(concurrency + 8)
 
     def timeouts_for(self, modality: str) -> Timeouts:
         first_byte = self.timeouts.get(modality, max(self.timeouts.values()))

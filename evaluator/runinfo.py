@@ -58,6 +58,7 @@ class RunInfo(BaseModel):
     generation: dict[str, Any] = Field(default_factory=dict)
     media: dict[str, Any] = Field(default_factory=dict)  # request options and ruTiE settings
     evaluator_versions: list[str] = Field(default_factory=list)  # of the invocations that made the run
+    concurrency: list[str] = Field(default_factory=list)  # requests in flight and why, per distinct invocation setting
     scored_by: str = Field(default_factory=evaluator_version)
     judge: str | None = None
     scored_at: float = Field(default_factory=time.time)
@@ -92,6 +93,8 @@ def run_info(store: RunStore, judge: str | None = None) -> RunInfo:
     info.interrupted = len(records) - len(ended)
     info.endpoints = list(dict.fromkeys(e for r in records for e in r.get("endpoints", [])))
     info.evaluator_versions = list(dict.fromkeys(r["version"] for r in records if r.get("version")))
+    info.concurrency = list(dict.fromkeys(f"{c['value']} ({c['reason']})" for r in records
+                                          if isinstance(c := r.get("concurrency"), dict) and "value" in c))
     if records:
         info.started_at = min(r["started_at"] for r in records)
     if ended:
@@ -142,6 +145,7 @@ def header_lines(info: RunInfo) -> list[tuple[str, str]]:
             info.split or "", info.split or "—")),
         ("data", info.data or "—"),
         ("date", f"{when(info.started_at)}; {duration(info.duration_s)} in {runs}{rate}" if info.invocations else "—"),
+        ("concurrency", "; ".join(info.concurrency) or "—"),
         ("generation", settings_text(info.generation)),
         ("media", settings_text(info.media)),
         ("judge", info.judge or "none (JudgeScore absent)"),

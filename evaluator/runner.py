@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from evaluator.client import ChatClient, Outcome, RetryPolicy
+from evaluator.concurrency import DEFAULT_CONCURRENCY, ConcurrencyChoice, choose_concurrency
 from evaluator.data import DataSource, SplitRows, count_samples, iter_samples
 from evaluator.data_identity import resolve_revisions
 from evaluator.endpoints import Notice, normalise_endpoint
@@ -64,7 +65,8 @@ class RunConfig(BaseModel):
     split: Split = "test"
     source: DataSource = Field(default_factory=DataSource)
     limit: int | None = Field(None, gt=0)
-    concurrency: int = Field(64, gt=0)
+    concurrency: int | None = Field(None, gt=0, description="Requests in flight; None: chosen from what the "
+                                    "server says (evaluator/concurrency.py), after it is ready.")
     api_key: str | None = Field(None, exclude=True)
     options: RequestOptions = Field(default_factory=RequestOptions)
     timeouts: dict[str, float] = Field(default_factory=dict)
@@ -134,6 +136,7 @@ class RunSummary:
     output: Path
     stored: int = 0  # replies in the store after this invocation
     rebuilt: int = 0  # stored samples re-sent because their request changed (--rebuild-changed)
+    concurrency: ConcurrencyChoice | None = None  # what was in flight, and why
 
     @property
     def errors(self) -> int:
@@ -349,9 +352,14 @@ async def run(config: RunConfig, on_progress: ProgressHook | None = None, on_not
                                       accept_changes=config.rebuild_changed)
         config = _pinned(config, specs, revisions)
         # 3. The endpoint.
-        async with ChatClient(endpoints, api_key=config.api_key, concurrency=config.concurrency,
+        async with ChatClient(endpoints, api_key=config.api_key, concurrency=config.concurrency or DEFAULT_CONCURRENCY,
                               timeouts=config.timeouts, retry=config.retry, clock=clock, on_notice=on_notice) as client:
             await client.wait_ready(config.wait_s)
+            chosen = await choose_concurrency(client.pool, config.concurrency)
+            client.set_concurrency(chosen.value)
+            config = config.model_copy(update={"concurrency": chosen.value})
+            invocation["concurrency"] = chosen.record()
+            (on_notice or log.info)(f"concurrency {chosen.value} ({chosen.reason})")
             if not model_known:
                 config = _with_model(config, await client.served_model())
             store.bind(config.identity())
@@ -366,7 +374,7 @@ async def run(config: RunConfig, on_progress: ProgressHook | None = None, on_not
                                       fix="free some space; the replies are stored, `mera-eval run` again "
                                       "rewrites the logs") from None
             return RunSummary(runner.progress, time.monotonic() - started, runner.sent, client.retries,
-                              config.output, stored=store.count(), rebuilt=runner.rebuilt)
+                              config.output, stored=store.count(), rebuilt=runner.rebuilt, concurrency=chosen)
     except asyncio.CancelledError:
         error = RunInterrupted(f"interrupted: {store.count()} replies are stored in {config.output}",
                                stored=store.count(), sent=runner.sent if runner else 0,

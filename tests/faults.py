@@ -51,6 +51,7 @@ class FaultServer:
         self.healthy = True
         self.health_status: int | None = None  # overrides `healthy` when set (404: no /health route)
         self.models_status = 200
+        self.metrics: str | None = None  # a Prometheus page for /metrics (vLLM's); None: 404, as a gateway answers
         self.models_need_key = False
         self.models_requests = 0
         self.api_key = api_key
@@ -86,6 +87,14 @@ class FaultServer:
                 self._server = None
 
         asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(10)
+
+    def drop_connections(self) -> None:
+        """Close every kept-alive connection but keep listening (the server's idle timeout, or a proxy's)."""
+        async def _drop():
+            for writer in list(self._writers):
+                writer.close()
+
+        asyncio.run_coroutine_threadsafe(_drop(), self._loop).result(10)
 
     def close(self) -> None:
         self.stop()  # the loop thread is a daemon: closing it here would race connections still closing
@@ -131,6 +140,8 @@ class FaultServer:
             if self.models_status != 200:
                 return self._send(writer, self.models_status, {"error": {"message": f"models {self.models_status}"}})
             return self._send(writer, 200, {"object": "list", "data": [{"id": "fault-model", "object": "model"}]})
+        if path == "/metrics" and self.metrics is not None:
+            return self._send_raw(writer, 200, self.metrics.encode(), {"Content-Type": "text/plain; version=0.0.4"})
         if path != "/v1/chat/completions":
             return self._send(writer, 404, {"error": {"message": "not found"}})
         if not self.keep_bodies and self.default == "ok" and not self.script:  # benchmark echo: answer at once

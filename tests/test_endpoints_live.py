@@ -34,7 +34,10 @@ def test_a_path_prefix_gateway_without_health_runs_to_the_end(dev_server, sample
                            sample_data_dir, "--output", tmp_path / "run", "--tasks", "WEIRD", "ruEnvAQA",
                            "--limit", "2", "--max-tokens", "4")
         assert result.returncode == 0, result.stderr[-3000:]
-        assert gateway.not_found == []  # it never asked for a /health the gateway does not have
+        # it never asked for a /health the gateway does not have; the one route it lacks that was asked for is
+        # vLLM's /metrics (--concurrency auto), and its absence gives the default
+        assert gateway.not_found == ["/openai/metrics"]
+        assert "concurrency 64 (auto: no vLLM /metrics; --concurrency overrides)" in result.stderr
     replies = list(RunStore.open_existing(tmp_path / "run").replies())
     assert len(replies) == 4 and all(r.status == "ok" for r in replies)
     assert {r.endpoint for r in replies} == {gateway.base_url.removesuffix("/v1")}

@@ -40,6 +40,16 @@ def positive_int(text: str) -> int:
     return _number(text, int, "a whole number", minimum=1)
 
 
+def concurrency_arg(text: str) -> int | None:
+    """`auto` (None: chosen from what the server says) or a whole number >= 1."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return _number(text, int, "a whole number or auto", minimum=1)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("a whole number or auto expected", "auto or a whole number expected")) from None
+
+
 def non_negative_int(text: str) -> int:
     return _number(text, int, "a whole number", minimum=0)
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from evaluator.checks import preflight
 from evaluator.cli import INTERRUPTED
 from evaluator.cli.args import (
+    concurrency_arg,
     duration_arg,
     json_object,
     mm_limits,
@@ -57,7 +58,9 @@ def add_parser(sub) -> None:
     p.add_argument("--hf-token", default=os.environ.get("HF_TOKEN"), help="Token for gated datasets (env HF_TOKEN).")
     p.add_argument("--revision", help="Dataset revision on the hub.")
     p.add_argument("--limit", type=positive_int, help="At most N samples per task (and domain).")
-    p.add_argument("--concurrency", type=positive_int, default=64, help="Requests in flight (default 64, for a GPU vLLM).")
+    p.add_argument("--concurrency", type=concurrency_arg, default=None, metavar="N|auto",
+                   help="Requests in flight. Default auto: from the server's vLLM /metrics (its KV cache; 64 on a CPU "
+                   "engine or an endpoint without vLLM metrics, up to 1024 on a large GPU); the choice is printed.")
     p.add_argument("--api-key", default=os.environ.get("MERA_API_KEY") or os.environ.get("OPENAI_API_KEY"),
                    help="Bearer key (env MERA_API_KEY or OPENAI_API_KEY).")
     g = p.add_argument_group("generation (default: each task's settings in the registry, see `mera-eval tasks`; "
@@ -196,8 +199,9 @@ def main(args) -> int:
     finally:
         log.removeHandler(handler)
     stored = summary.total - summary.sent
+    in_flight = f", concurrency {summary.concurrency.value}" if summary.concurrency else ""
     out.print(f"{summary.output}: {summary.total} samples ({summary.sent} sent, {stored} already stored, "
-              f"{summary.retries} retries) in {duration(summary.seconds)}")
+              f"{summary.retries} retries{in_flight}) in {duration(summary.seconds)}")
     if summary.errors:
         out.print(f"{summary.errors} of {summary.total} samples failed:")
         retry, final = report_failures(summary, out)
