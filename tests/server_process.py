@@ -30,6 +30,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def like_a_terminal_job() -> None:
+    """A `preexec_fn`: SIGINT as a terminal's foreground job has it. A suite started in the background of a
+    non-interactive shell (`make test &`, some CI runners) hands its children SIGINT ignored, and a Ctrl-C
+    test would then watch the run finish instead of interrupting it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     cache = PROJECT_ROOT / ".cache"
     # The developer's own server settings must not leak into test servers.

@@ -22,7 +22,7 @@ from evaluator.registry import TASKS
 from evaluator.store import RunStore
 from tests.faults import FaultServer
 from tests.scoring_fixtures import make_run
-from tests.server_process import PROJECT_ROOT, child_env, free_port
+from tests.server_process import PROJECT_ROOT, child_env, free_port, like_a_terminal_job
 
 
 def mera_eval(*args, timeout: float = 120, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -284,7 +284,7 @@ def test_ctrl_c_during_a_run_says_what_is_stored_and_the_same_command_resumes(tm
     with FaultServer(default="slow:0.2") as server:
         proc = subprocess.Popen([sys.executable, "-m", "evaluator.cli", *map(str, args), "--endpoint",
                                  server.base_url], cwd=PROJECT_ROOT, env=child_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=like_a_terminal_job)
         deadline = time.monotonic() + 60
         while server.chat_requests < 6 and time.monotonic() < deadline:
             time.sleep(0.05)

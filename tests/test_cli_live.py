@@ -15,14 +15,15 @@ import time
 import pytest
 
 from evaluator.store import RunStore
-from tests.server_process import PROJECT_ROOT, child_env
+from tests.server_process import PROJECT_ROOT, child_env, like_a_terminal_job
 
 pytestmark = pytest.mark.server
 
 
 def spawn(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "evaluator.cli", *map(str, args)], cwd=PROJECT_ROOT, env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                            preexec_fn=like_a_terminal_job)
 
 
 def test_a_piped_run_writes_progress_while_it_runs_and_its_report_identifies_it(dev_server, sample_data_dir,

@@ -20,7 +20,7 @@ import pytest
 from evaluator.registry import TASKS
 from evaluator.store import RunStore
 from tests.faults import FaultServer
-from tests.server_process import PROJECT_ROOT, child_env, start_server
+from tests.server_process import PROJECT_ROOT, child_env, like_a_terminal_job, start_server
 
 # The export's `_<timestamp>.jsonl` tail (evaluator/export.py TIMESTAMP_FORMAT, any year).
 EXPORT_STAMP = re.compile(r"_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d+\.jsonl$")
@@ -258,7 +258,7 @@ def test_ctrl_c_says_how_many_replies_are_stored_and_exits_130(sample_data_dir, 
     with FaultServer(default="slow:0.1") as server:
         args = ("run", "--endpoint", server.base_url, "--data-dir", sample_data_dir, "--output", out,
                 "--tasks", "image", "--concurrency", "2")
-        proc = spawn_eval_piped(*args)
+        proc = spawn_eval_piped(*args, preexec_fn=like_a_terminal_job)
         wait_for_rows(out, 4)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
