@@ -416,8 +416,8 @@ class Server:
     def config_line(self) -> str:
         """vLLM's resolved engine config, to show the caches are off."""
         text = self.log_path.read_text(errors="replace")
-        hits = re.findall(r"enable_prefix_caching=\w+", text) + re.findall(r"mm_processor_cache_gb=[\w.]+", text)
-        return ", ".join(sorted(set(hits)))
+        hits = re.findall(r"'?(enable_prefix_caching|mm_processor_cache_gb)'?(?:=|: )([\w.]+)", text)
+        return ", ".join(sorted({f"{k}={v}" for k, v in hits}))
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -510,6 +510,8 @@ def vm_hwm_kb(pid: int) -> int:
 
 def read_answers(p: Pass, out: Path, answers: Path) -> dict[str, str | None]:
     if p.tool.startswith("mera-eval"):
+        if not (out / "store.sqlite").is_file():
+            return {}
         con = sqlite3.connect(out / "store.sqlite")
         try:
             rows = con.execute("SELECT sample_key, status, body FROM replies").fetchall()
@@ -605,6 +607,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "peers" / "work",
                         help="Work folder (snapshot, prompts, peer tasks, run folders, server log, results).")
     args = parser.parse_args()
+    args.work = args.work.resolve()  # the clients run in their own folders
 
     load_start = os.getloadavg()
     marker = args.work / ".mera-peers-bench"
@@ -635,7 +638,7 @@ def main() -> None:
               platform.machine(), "cores": os.cpu_count(), "load_avg_at_start": [round(x, 1) for x in load_start],
               "bench_commit": git_commit(ROOT), "peers": versions,
               "mera_evals": {tool: {"run": " ".join(m.argv), "commit": git_commit(m.where),
-                                    "version": subprocess.run([*m.argv, "--version"], capture_output=True, text=True,
+                                    "version": subprocess.run([*m.argv, "--version"], capture_output=True, text=True, cwd=m.where,
                                                               env=mera_eval_env(m, dict(os.environ))).stdout.strip()}
                              for tool, m in args.mera_evals.items()},
               "prompts": {"text": args.text, "image": args.images}, "max_tokens": args.max_tokens}
