@@ -32,6 +32,16 @@ def chat_payload(server, content, max_tokens: int = 4) -> dict:
             "temperature": 0}  # fmt: skip
 
 
+def assert_the_connection_serves_the_next_request(conn: http.client.HTTPConnection, server, headers) -> None:
+    """After a reply on `conn`: a plain chat request on the same keep-alive connection is answered (200)."""
+    sock = conn.sock
+    conn.request("POST", "/v1/chat/completions", json.dumps(chat_payload(server, "hi")), headers)
+    good = conn.getresponse()
+    good.read()
+    assert good.status == 200 and conn.sock is sock  # same keep-alive connection
+    conn.close()
+
+
 def post_chat(server, content, *, timeout: float = 120, client: httpx.Client | None = None) -> httpx.Response:
     poster = client or httpx
     return poster.post(server.url("/v1/chat/completions"), json=chat_payload(server, content), headers=server.headers,
@@ -209,12 +219,7 @@ def test_bad_part_is_400_with_indices_and_keeps_the_connection(dev_server, part,
     reply = conn.getresponse()
     error = json.loads(reply.read())["error"]
     assert reply.status == 400 and error["param"] == "messages[1].content[2]" and fragment in error["message"]
-    sock = conn.sock
-    conn.request("POST", "/v1/chat/completions", json.dumps(chat_payload(dev_server, "hi")), headers)
-    good = conn.getresponse()
-    good.read()
-    assert good.status == 200 and conn.sock is sock  # same keep-alive connection
-    conn.close()
+    assert_the_connection_serves_the_next_request(conn, dev_server, headers)
 
 
 def test_good_multimodal_request_still_answers(dev_server):
@@ -351,12 +356,7 @@ def test_deep_json_is_a_400_on_a_connection_that_stays_open(dev_server):
     conn.request("POST", "/v1/chat/completions", '{"model": "m", "x": ' + "[" * 1000 + "]" * 1000 + "}", headers)
     reply = conn.getresponse()
     assert reply.status == 400 and json.loads(reply.read())["error"]["code"] == "json_too_deep"
-    sock = conn.sock
-    conn.request("POST", "/v1/chat/completions", json.dumps(chat_payload(dev_server, "hi")), headers)
-    good = conn.getresponse()
-    good.read()
-    assert good.status == 200 and conn.sock is sock
-    conn.close()
+    assert_the_connection_serves_the_next_request(conn, dev_server, headers)
 
 
 def _read_until_closed(sock: socket.socket, limit_s: float) -> bytes:
@@ -451,9 +451,4 @@ def test_a_44khz_clip_is_answered_and_the_connection_serves_the_next_request(dev
     first = conn.getresponse()
     body = json.loads(first.read())
     assert first.status == 200, (first.status, body)
-    sock = conn.sock
-    conn.request("POST", "/v1/chat/completions", json.dumps(chat_payload(dev_server, "hi")), headers)
-    good = conn.getresponse()
-    good.read()
-    assert good.status == 200 and conn.sock is sock
-    conn.close()
+    assert_the_connection_serves_the_next_request(conn, dev_server, headers)
