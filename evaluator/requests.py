@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import sys
+import threading
 from importlib import metadata
 from typing import Any, Literal
 
@@ -133,8 +134,16 @@ BUILDER_MODULES = ("evaluator.requests", "evaluator.media", "evaluator.audio", "
 BUILDER_LIBRARIES = ("numpy", "pillow", "av", "soundfile")
 
 
-@functools.cache
 def builder_fingerprint() -> str:
+    with _FINGERPRINT_LOCK:  # worker threads ask at once when a run starts: compute it once (~50 ms)
+        return _builder_fingerprint()
+
+
+_FINGERPRINT_LOCK = threading.Lock()
+
+
+@functools.cache
+def _builder_fingerprint() -> str:
     digest = hashlib.sha256()
     for name in BUILDER_MODULES:
         with open(sys.modules[name].__file__, "rb") as source:  # all imported by this module

@@ -1,4 +1,5 @@
-"""The run store: one SQLite file per run folder, every reply committed the moment it arrives.
+"""The run store: one SQLite file per run folder, every reply committed the moment it arrives (the
+replies that arrive in the same event-loop turn in one transaction: `record_grouped`).
 
 The folder belongs to one run configuration (model, generation settings, media options, data
 source, split): opening it with a different configuration is refused, so old and new answers are
@@ -20,6 +21,7 @@ Honest under faults:
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import json
@@ -168,6 +170,7 @@ class RunStore:
         self._unsaved: dict[str, Reply] = {}  # arrived, not yet committed
         self.rescued_to: Path | None = None
         self._closed = False
+        self._group: asyncio.Future[None] | None = None  # the commit the replies of this loop turn wait for
 
     # --- opening --------------------------------------------------------------------------------
     @classmethod
@@ -351,6 +354,30 @@ class RunStore:
         with self._lock:
             self._unsaved[reply.sample_key] = reply
             self._flush()
+
+    async def record_grouped(self, reply: Reply) -> None:
+        """As `record`, for the event loop: the replies that arrive in the same loop turn share one commit
+        (at 64+ in flight answers come back in bursts: a commit per reply cost ~0.2 ms each). Returns once
+        the reply is committed; a failed write raises StoreWriteError in every caller of that group."""
+        if reply.created_at is None:
+            reply = reply.model_copy(update={"created_at": time.time()})
+        with self._lock:
+            self._unsaved[reply.sample_key] = reply
+        if self._group is None:
+            self._group = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._commit_group)
+        await asyncio.shield(self._group)  # a cancelled caller leaves the group's commit to the others
+
+    def _commit_group(self) -> None:
+        group, self._group = self._group, None
+        try:
+            with self._lock:
+                self._flush()
+        except StoreWriteError as exc:
+            group.set_exception(exc)
+            group.exception()  # retrieved here too: a group whose callers were all cancelled logs nothing
+        else:
+            group.set_result(None)
 
     @property
     def unsaved(self) -> int:

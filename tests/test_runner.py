@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 
@@ -14,7 +15,7 @@ from evaluator import runner as runner_module
 from evaluator.client import RetryPolicy
 from evaluator.data import DataSource
 from evaluator.requests import RequestOptions, SampleError, build_request
-from evaluator.runner import RunConfig, run
+from evaluator.runner import RunConfig, StartGate, run
 from evaluator.schema import GenerationParams
 from evaluator.store import RunStore
 from tests.fake_clock import FakeClock
@@ -67,6 +68,48 @@ async def test_requests_are_built_in_worker_threads_a_bounded_number_ahead(sampl
         await run(config(server, sample_data_dir, tmp_path / "run", concurrency=2))
     assert len(built) == 12 and not on_loop
     assert max(ahead) <= 2  # never more encoded requests waiting than there are slots
+
+
+async def test_the_first_requests_leave_together_once_every_slot_has_one_built(sample_data_dir, tmp_path,
+                                                                             monkeypatch):
+    """A slow first build (the third sample's) holds the others' first requests: the server then gets 8
+    at once instead of a ramp. Afterwards nothing waits for anything but a free slot."""
+    calls = {"n": 0}
+
+    def slow_third(sample, options):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            time.sleep(0.3)
+        return build_request(sample, options)
+
+    monkeypatch.setattr(runner_module, "build_request", slow_third)
+    arrivals: list[float] = []
+    with FaultServer(default="slow:0.2") as server:
+        original = server._behave
+
+        async def watch(behaviour, payload, writer):
+            arrivals.append(time.monotonic())
+            return await original(behaviour, payload, writer)
+
+        server._behave = watch
+        await run(config(server, sample_data_dir, tmp_path / "run", concurrency=8))
+    first = sorted(arrivals)[:8]
+    assert len(arrivals) == 12 and first[-1] - first[0] < 0.1  # one batch, not 2 + 6 a slow build apart
+
+
+async def test_the_start_gate_opens_when_every_sender_is_ready_or_gone_or_after_its_longest_wait():
+    gate = StartGate(3, max_wait_s=10)
+    waiting = [asyncio.ensure_future(gate.ready()) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    assert not any(w.done() for w in waiting)
+    gate.leave()  # the third sender had nothing to send
+    await asyncio.wait_for(asyncio.gather(*waiting), 1)
+    await asyncio.wait_for(gate.ready(), 0.1)  # open for good
+
+    slow = StartGate(2, max_wait_s=0.05)  # the second sender's first build takes long: wait no longer than that
+    started = time.monotonic()
+    await asyncio.wait_for(slow.ready(), 1)
+    assert 0.04 < time.monotonic() - started < 0.5
 
 
 async def test_a_bad_sample_is_recorded_and_the_run_goes_on(sample_data_dir, tmp_path, monkeypatch):

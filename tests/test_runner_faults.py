@@ -48,18 +48,18 @@ def stored_keys(out: Path) -> dict[str, str]:
 # --- structured concurrency ---------------------------------------------------------------------------
 async def test_a_worker_exception_ends_the_run_in_seconds_with_the_replies_intact(sample_data_dir, tmp_path,
                                                                                  monkeypatch):
-    """The issue's case: RunStore.record raising something that is not a sample's problem. Before, every
+    """The issue's case: recording a reply raising something that is not a sample's problem. Before, every
     worker died silently, the producer blocked on queue.put, and run() had not returned after 20 s."""
-    original = RunStore.record
+    original = RunStore.record_grouped
     calls = {"n": 0}
 
-    def record(self, reply):
+    async def record(self, reply):
         calls["n"] += 1
         if calls["n"] == 5:
             raise RuntimeError("a bug in recording")
-        return original(self, reply)
+        return await original(self, reply)
 
-    monkeypatch.setattr(RunStore, "record", record)
+    monkeypatch.setattr(RunStore, "record_grouped", record)
     out = tmp_path / "run"
     with FaultServer(default="slow:0.05") as server:
         started = time.monotonic()

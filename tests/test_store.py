@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import sqlite3
@@ -296,3 +297,39 @@ def test_the_config_without_the_model_is_compared_before_the_model_is_known(tmp_
     with pytest.raises(StoreError, match=r"changed: model"):
         store.bind({**config, "model": "other"})
     store.close()
+
+
+async def test_replies_arriving_in_one_loop_turn_share_one_commit_and_each_caller_waits_for_it(store, monkeypatch):
+    commits = []
+    monkeypatch.setattr(RunStore, "fault_hook", staticmethod(lambda op: commits.append(op)))
+    await asyncio.gather(*(store.record_grouped(reply(i)) for i in range(1, 33)))
+    assert commits == ["record"] and store.unsaved == 0 and len(store.done_keys()) == 32
+    await store.record_grouped(reply(40))  # a later turn: a commit of its own, done when the call returns
+    assert commits == ["record", "record"] and "ruCLEVR/-/test/40" in store.done_keys()
+
+
+async def test_a_failed_group_commit_raises_in_every_caller_and_keeps_the_replies_for_the_next_write(store,
+                                                                                                 monkeypatch):
+    from evaluator.store import StoreWriteError
+
+    full = {"on": True}
+
+    def hook(op):
+        if full["on"]:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(RunStore, "fault_hook", staticmethod(hook))
+    results = await asyncio.gather(*(store.record_grouped(reply(i)) for i in (1, 2, 3)), return_exceptions=True)
+    assert all(isinstance(r, StoreWriteError) and "disk is full" in str(r) for r in results)
+    assert store.unsaved == 3 and store.done_keys() == set()
+    full["on"] = False
+    await store.record_grouped(reply(4))
+    assert store.unsaved == 0 and len(store.done_keys()) == 4
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_commit_of_its_group(store):
+    waiting = [asyncio.ensure_future(store.record_grouped(reply(i))) for i in (1, 2)]
+    await asyncio.sleep(0)  # both joined the group; its commit is scheduled
+    waiting[0].cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    assert store.done_keys() == {"ruCLEVR/-/test/1", "ruCLEVR/-/test/2"}
