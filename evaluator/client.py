@@ -6,7 +6,7 @@ is sent, per attempt; backoff sleeps and waiting for a down endpoint are `wait_s
 only if it is a JSON completion whose first choice has text: `content: null` (`no_content`), no
 choices (`no_choices`), a body that is not JSON (`not_json`), cut off (`truncated`) or over the size
 cap (`oversized`) are failures with their evidence, never scored and re-sent by `--retry-errors`.
-The openai SDK's hidden retries are not used: httpx's interface directly over aiohttp's connection pool
+The openai SDK's hidden retries are not used: httpx's request and response types over aiohttp's pool
 (`evaluator.transport`), one policy.
 """
 
@@ -100,14 +100,13 @@ class ChatClient:
         self.clock = clock or SYSTEM_CLOCK
         self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
         # imported here: aiohttp's import (~0.2 s) only for a run that sends
-        from evaluator.transport import AiohttpTransport
+        from evaluator.transport import AiohttpTransport, HttpSession
 
         self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
+        # probes run outside the slots: a few connections more than `concurrency`
         self._transport = transport or AiohttpTransport(max_connections=concurrency + 8)
-        self._http = httpx.AsyncClient(  # probes run outside the slots: a few connections more than `concurrency`
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {}, transport=self._transport,
-        )
+        self._http = HttpSession(self._transport, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
         self.pool = EndpointPool(endpoints, self._http, self.retry, self.clock, on_notice)
         self.endpoints = self.pool.endpoints
         self.retries = 0  # transient failures seen, for the summary

@@ -22,10 +22,8 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
-
-import httpx
 
 from evaluator.http_policy import (
     FATAL_FAILURES,
@@ -44,6 +42,9 @@ from evaluator.http_policy import (
     perform,
     status_error,
 )
+
+if TYPE_CHECKING:
+    from evaluator.transport import HttpSession
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class Endpoint:
         return self.down_since is None and not self.dead and self.fatal is None
 
 
-async def probe(http: httpx.AsyncClient, endpoint: Endpoint, clock: Clock = SYSTEM_CLOCK) -> Probe:
+async def probe(http: HttpSession, endpoint: Endpoint, clock: Clock = SYSTEM_CLOCK) -> Probe:
     """Does the API answer? `GET /v1/models`, then `/health` under the same base if there is no list."""
     models = await perform(http, "GET", endpoint.api("/v1/models"), timeouts=PROBE_TIMEOUTS, max_bytes=MiB, clock=clock)
     if models.failure in FATAL_FAILURES:
@@ -144,7 +145,7 @@ def _model_ids(attempt: Attempt) -> list[str]:
 class EndpointPool:
     """The endpoints of one client: readiness before a run, downtime and fail-over during it."""
 
-    def __init__(self, urls: list[str], http: httpx.AsyncClient, policy: RetryPolicy, clock: Clock = SYSTEM_CLOCK,
+    def __init__(self, urls: list[str], http: HttpSession, policy: RetryPolicy, clock: Clock = SYSTEM_CLOCK,
                  on_notice: Notice | None = None) -> None:
         if not urls:
             raise ValueError("at least one endpoint is required")

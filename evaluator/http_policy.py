@@ -37,13 +37,16 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import msgspec
 from pydantic import BaseModel, Field
 
 from evaluator.errors import UserError
+
+if TYPE_CHECKING:  # the transport module imports aiohttp (~0.2 s): only a run that sends needs it
+    from evaluator.transport import HttpSession
 
 MiB = 1024 * 1024
 # A chat reply for max_tokens=10000 is at most ~1 MB even when every character is JSON-escaped
@@ -220,7 +223,7 @@ def classify(exc: BaseException, attempt: Attempt, timeouts: Timeouts, *, in_bod
     return "dropped", f"{type(exc).__name__}: {exc}"
 
 
-async def perform(http: httpx.AsyncClient, method: str, url: str, *, body: Any = None, timeouts: Timeouts,
+async def perform(http: HttpSession, method: str, url: str, *, body: Any = None, timeouts: Timeouts,
                   max_bytes: int = DEFAULT_MAX_REPLY_BYTES, clock: Clock = SYSTEM_CLOCK) -> Attempt:
     """One exchange. The body is read as a stream and refused as soon as it exceeds `max_bytes` (or at
     once when Content-Length says it will), so an oversized reply is never held whole."""
@@ -229,7 +232,7 @@ async def perform(http: httpx.AsyncClient, method: str, url: str, *, body: Any =
     headers = {"content-type": "application/json"} if content is not None else None
     try:
         request = http.build_request(method, url, content=content, headers=headers, timeout=timeouts.for_httpx())
-        response = await http.send(request, stream=True)
+        response = await http.send(request)
     except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
         attempt.failure, attempt.problem = classify(exc, attempt, timeouts, in_body=False,
                                                     request_bytes=len(content or b""))

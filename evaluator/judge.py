@@ -97,10 +97,9 @@ class JudgeClient:
         if config.api_key is not None and config.api_key.get_secret_value():
             headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
         # imported here: aiohttp only when scoring uses a judge
-        from evaluator.transport import AiohttpTransport
+        from evaluator.transport import AiohttpTransport, HttpSession
 
-        self._http = httpx.AsyncClient(headers=headers,
-                                       transport=transport or AiohttpTransport(max_connections=config.concurrency + 4))
+        self._http = HttpSession(transport or AiohttpTransport(max_connections=config.concurrency + 4), headers=headers)
         self.pool = EndpointPool([config.url], self._http, config.retry, clock or SYSTEM_CLOCK, on_notice)
         self._timeouts = Timeouts(write_s=config.timeout_s, first_byte_s=config.timeout_s)
         self._slots = asyncio.Semaphore(config.concurrency)

@@ -1,4 +1,5 @@
-"""The evaluator's HTTP transport: aiohttp's connection pool under httpx's client interface.
+"""The evaluator's HTTP transport: aiohttp's connection pool under httpx's request/response types, and the
+thin session (`HttpSession`) that `evaluator.http_policy.perform` sends through.
 
 Why (measured, docs/benchmarks.md "HTTP transport"): httpcore 1.0.9's keep-alive pool re-scans every
 queued request and every connection on each request it starts or finishes (`_assign_requests_to_connections`,
@@ -7,10 +8,13 @@ a connection loops inside the pool. At 64 in flight against an instant loopback 
 chat client at ~140 requests/s and ~4 ms CPU each; aiohttp's pool (what `vllm bench serve` uses) does the
 same work at ~2000 requests/s and ~0.2 ms.
 
-Only the transport changes: `evaluator.http_policy.perform` still builds an `httpx.Request`, reads an
-`httpx.Response` as a stream and classifies `httpx` exceptions, so every policy rule (statuses, Retry-After,
-the streamed size cap, the named timeouts, readiness, fail-over) is untouched and tests can still inject
-an `httpx.MockTransport`. This module maps aiohttp's behaviour onto httpx's:
+`evaluator.http_policy.perform` still builds an `httpx.Request`, reads an `httpx.Response` as a stream and
+classifies `httpx` exceptions, so every policy rule (statuses, Retry-After, the streamed size cap, the named
+timeouts, readiness, fail-over) is untouched and tests can still inject an `httpx.MockTransport`. It sends
+through `HttpSession`, not `httpx.AsyncClient`: the client's request path (URL merging, a cookie jar read and
+written per request, auth and redirect flows, event hooks) was a quarter of the evaluator's CPU per short
+request at 64 in flight (py-spy, docs/benchmarks.md), and none of it is wanted here: the policy follows no
+redirect and keeps no cookie. This module maps aiohttp's behaviour onto httpx's:
 
 * timeouts from the request's httpx `Timeout`: connect (DNS + TCP + TLS), read (per read, so the first
   byte of a non-streamed completion, then each body chunk), write (per 256 KiB chunk of a large body;
@@ -40,7 +44,7 @@ import asyncio
 import os
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import httpx
@@ -250,3 +254,57 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+# What httpx.AsyncClient sends by default (Connection is aiohttp's to set).
+DEFAULT_HEADERS = {"accept": "*/*", "accept-encoding": "gzip, deflate", "user-agent": f"python-httpx/{httpx.__version__}"}
+_URL_CACHE = 256  # parsed URLs kept per session: a run asks a handful (each endpoint's routes)
+
+
+class HttpSession:
+    """One transport and its default headers: what `http_policy.perform` needs of an HTTP client."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, headers: Mapping[str, str] | None = None) -> None:
+        self.transport = transport
+        self.headers = httpx.Headers(DEFAULT_HEADERS)
+        self.headers.update(headers or {})
+        self._urls: dict[str, httpx.URL] = {}
+        self._closed = False
+
+    def _url(self, url: str) -> httpx.URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = httpx.URL(url)  # raises httpx.InvalidURL
+            if parsed.scheme not in ("http", "https"):
+                raise httpx.UnsupportedProtocol("Request URL is missing an 'http://' or 'https://' protocol."
+                                                if not parsed.scheme else
+                                                f"Request URL has an unsupported protocol '{parsed.scheme}://'.")
+            if len(self._urls) < _URL_CACHE:
+                self._urls[url] = parsed
+        return parsed
+
+    def build_request(self, method: str, url: str, *, content: bytes | None = None,
+                      headers: Mapping[str, str] | None = None, timeout: httpx.Timeout) -> httpx.Request:
+        merged = self.headers.copy()
+        if headers:
+            merged.update(headers)
+        return httpx.Request(method, self._url(url), headers=merged, content=content,
+                             extensions={"timeout": timeout.as_dict()})
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        """The response with its body unread (read it with `aiter_bytes`, then `aclose`)."""
+        if self._closed:
+            raise RuntimeError("the HTTP session is closed")
+        response = await self.transport.handle_async_request(request)
+        response.request = request
+        return response
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self.transport.aclose()
+
+    async def __aenter__(self) -> HttpSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -59,6 +59,7 @@ class FaultServer:
         self._writers: set[asyncio.StreamWriter] = set()  # open connections, cut on stop() like a crash
         self.max_in_flight = 0
         self.health_checks = 0
+        self.headers: list[dict[str, str]] = []  # each request's headers (names lower-cased), in arrival order
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -119,6 +120,7 @@ class FaultServer:
                     k, v = h.decode().split(":", 1)
                     headers[k.strip().lower()] = v.strip()
                 body = await reader.readexactly(int(headers.get("content-length", 0)))
+                self.headers.append(headers)
                 if not await self._respond(method, path, body, writer, headers):
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):

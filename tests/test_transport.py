@@ -1,5 +1,6 @@
-"""The evaluator's HTTP transport (aiohttp's pool under httpx's interface) on real loopback sockets: what it
-sends, each named timeout, stale kept-alive connections, and its cost per request (the reason it exists)."""
+"""The evaluator's HTTP transport (aiohttp's pool under httpx's request/response types, sent through
+`HttpSession`) on real loopback sockets: what it sends, each named timeout, stale kept-alive connections,
+and its cost per request (the reason it exists)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from evaluator.client import ChatClient
 from evaluator.http_policy import RetryPolicy, Timeouts, perform
 from evaluator.schema import ChatRequest, GenerationParams
-from evaluator.transport import AiohttpTransport
+from evaluator.transport import AiohttpTransport, HttpSession
 from tests.faults import FaultServer
 from tests.server_process import free_port
 
@@ -28,10 +29,27 @@ def request(text: str = "Вопрос: «2+2»?\nОТВЕТ:") -> ChatRequest:
 async def test_the_chat_client_sends_through_aiohttp_the_same_json_and_headers():
     with FaultServer() as server:
         async with ChatClient([server.base_url], api_key="k") as client:
-            assert isinstance(client._http._transport, AiohttpTransport)
+            assert isinstance(client._http.transport, AiohttpTransport)
             outcome = await client.send(request())
         assert outcome.status == "ok" and outcome.content == "ОТВЕТ A" and outcome.attempts == 1
         assert server.bodies == [request().payload()]  # the UTF-8 JSON parses back to exactly the payload
+
+
+async def test_the_session_sends_httpxs_default_headers_and_refuses_what_is_not_http():
+    with FaultServer() as server:
+        async with HttpSession(AiohttpTransport(), headers={"Authorization": "Bearer k"}) as http:
+            attempt = await perform(http, "GET", server.base_url + "/v1/models", timeouts=Timeouts())
+            assert attempt.status == 200 and attempt.failure is None
+            sent = server.headers[-1]
+            assert sent["authorization"] == "Bearer k" and sent["accept"] == "*/*"
+            assert sent["accept-encoding"] == "gzip, deflate" and sent["user-agent"].startswith("python-httpx/")
+            for url, said in [("ftp://127.0.0.1/x", "unsupported protocol 'ftp://'"),
+                              ("localhost:8000/v1", "unsupported protocol 'localhost://'"),
+                              ("//127.0.0.1/v1", "missing an 'http://' or 'https://' protocol")]:
+                attempt = await perform(http, "GET", url, timeouts=Timeouts())
+                assert attempt.failure == "bad_url" and said in attempt.problem, attempt.problem
+        with pytest.raises(RuntimeError, match="closed"):
+            await http.send(http.build_request("GET", server.base_url + "/v1/models", timeout=httpx.Timeout(5)))
 
 
 async def test_a_kept_alive_connection_the_server_closed_is_not_a_failed_attempt():
@@ -49,7 +67,7 @@ async def test_a_kept_alive_connection_the_server_closed_is_not_a_failed_attempt
 
 async def test_a_request_the_server_drops_on_a_new_connection_is_reported_as_dropped():
     with FaultServer(script=["drop"]) as server:
-        async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+        async with HttpSession(AiohttpTransport()) as http:
             attempt = await perform(http, "POST", server.base_url + "/v1/chat/completions", body={"x": 1},
                                     timeouts=Timeouts())
         assert server.chat_requests == 1
@@ -65,7 +83,7 @@ async def test_a_body_the_server_does_not_read_is_a_write_timeout():
     port = free_port()
     server = await asyncio.start_server(never_read, "127.0.0.1", port)
     try:
-        async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+        async with HttpSession(AiohttpTransport()) as http:
             started = time.monotonic()
             attempt = await perform(http, "POST", f"http://127.0.0.1:{port}/v1/chat/completions",
                                     body={"media": "A" * (64 * 1024 * 1024)}, timeouts=Timeouts(write_s=0.5))
@@ -81,7 +99,7 @@ async def test_a_body_the_server_does_not_read_is_a_write_timeout():
 
 async def test_no_free_connection_is_a_pool_timeout():
     with FaultServer(script=["hang"]) as server:
-        async with httpx.AsyncClient(transport=AiohttpTransport(max_connections=1)) as http:
+        async with HttpSession(AiohttpTransport(max_connections=1)) as http:
             url = server.base_url + "/v1/chat/completions"
             hanging = asyncio.create_task(perform(http, "POST", url, body={}, timeouts=Timeouts()))
             await asyncio.sleep(0.2)
@@ -101,7 +119,7 @@ async def test_a_key_with_a_newline_is_refused_before_sending():
 
 async def test_a_gzip_reply_is_decoded_and_a_corrupt_one_is_a_decoding_failure():
     with FaultServer(script=["badgzip"]) as server:
-        async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+        async with HttpSession(AiohttpTransport()) as http:
             attempt = await perform(http, "POST", server.base_url + "/v1/chat/completions", body={},
                                     timeouts=Timeouts())
     assert attempt.failure == "decoding"
