@@ -9,7 +9,7 @@ b) `client`: the evaluator alone against an endpoint that answers instantly (tes
    own process, so its CPU is not counted):
    - `ChatClient.send` alone, MERA-shaped requests pre-built, in this process;
    - the whole `mera-eval run` pipeline (parquet streaming, media encoding in worker threads,
-     client, one SQLite commit per reply) as a child process.
+     client, each reply committed as it arrives) as a child process.
    Reports samples/s, CPU ms per sample (user+sys) and peak RSS.
 
     .venv/bin/python bench/evaluator_throughput.py [server|client|all] [--per-split 8] [--max-tokens 16]

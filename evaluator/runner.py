@@ -6,9 +6,9 @@ layout, the output folder, the stored configuration as far as it is known withou
 then opens and locks the store, resolves the datasets' revisions, and only then waits for the endpoint.
 
 One queue feeds every task, so the server always has `concurrency` requests in flight while the
-dataset is streamed (never loaded whole, by a daemon thread) and media are encoded off the event loop,
-a bounded number of samples ahead. The first requests leave together, once every sender has one built
-(`StartGate`), so the server starts on a full batch. Each reply is persisted the moment it arrives (the
+dataset is streamed (never loaded whole, by a daemon thread) and media are encoded off the event loop
+by a few builders, a bounded number of requests ahead of the senders (one per slot). The first
+requests leave together, once every sender has one (`StartGate`), so the server starts on a full batch. Each reply is persisted the moment it arrives (the
 replies of one event-loop turn share a commit). ruTiE's dialogues are handed to `evaluator.dialogue`
 (turns in order within a dialogue, dialogues in parallel).
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,12 @@ from evaluator.structured import ThreadFeed, primary_cause
 log = logging.getLogger(__name__)
 
 EXPECT_BATCH = 256  # expected samples written per commit
+# Requests are built by as many tasks as the default executor has threads (more would only queue for
+# them) and kept ready, at most BUILD_AHEAD (each holds its encoded media), for the next free slot: a
+# burst of answers is followed by a burst of requests, not by a round of thread hops (measured on the dev
+# server: the server's mean latency per request was ~10% higher with requests built only after a slot freed).
+BUILDERS = min(32, (os.cpu_count() or 1) + 4)
+BUILD_AHEAD = 64
 START_WAIT_S = 1.0  # the longest the first requests wait for the others to be built (StartGate)
 
 
@@ -294,7 +301,10 @@ class Runner:
             self.check_stored(sample, self._stored[sample.key].request)
             return None
         try:
-            request = await asyncio.to_thread(build_request, sample, self.config.options)
+            if sample.media:  # encoding media is CPU work: a worker thread
+                request = await asyncio.to_thread(build_request, sample, self.config.options)
+            else:  # text only: ~0.1 ms, less than the hop to a thread and back
+                request = build_request(sample, self.config.options)
         except SampleError as exc:
             if not (stored and self.check_stored(sample, None, exc.problem)):
                 self.record_error(sample, exc.problem)
@@ -311,7 +321,12 @@ class Runner:
                 spec, self.config.split, self.config.source, limit=self.config.limit)
             self.progress[spec.name] = TaskProgress(total=total)
             self._tick(spec.name)
-        queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=self.config.concurrency * 2)
+        # samples -> builders (worker threads) -> built requests -> senders (one per slot)
+        builders = min(self.config.concurrency, BUILDERS)
+        samples: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=builders * 2)
+        built: asyncio.Queue[tuple[Sample, ChatRequest] | None] = asyncio.Queue(
+            maxsize=min(self.config.concurrency, BUILD_AHEAD))
+        self._builders_left = builders
         await asyncio.to_thread(builder_fingerprint)  # once, before any request is built (~50 ms)
         self._gate = StartGate(self.config.concurrency)
         try:
@@ -321,12 +336,14 @@ class Runner:
                     if spec.dialogue:
                         group.create_task(self._run_dialogue(spec))
                 for _ in range(self.config.concurrency):
-                    group.create_task(self._worker(queue))
-                group.create_task(self._produce([s for s in specs if not s.dialogue], queue))
+                    group.create_task(self._send(built))
+                for _ in range(builders):
+                    group.create_task(self._build(samples, built))
+                group.create_task(self._produce([s for s in specs if not s.dialogue], samples, builders))
         except BaseExceptionGroup as group_error:
             raise primary_cause(group_error) from None
 
-    async def _produce(self, specs: list[TaskSpec], queue: asyncio.Queue[Sample | None]) -> None:
+    async def _produce(self, specs: list[TaskSpec], queue: asyncio.Queue[Sample | None], builders: int) -> None:
         # The samples read so far are written down in batches (a commit each): before the producer waits
         # for room in the queue, at each task's end, and when the run stops; a reply writes its own row.
         expected: list[ExpectedSample] = []
@@ -347,23 +364,32 @@ class Runner:
             if expected:
                 with contextlib.suppress(StoreWriteError):  # a full disk is reported by the write that hit it
                     self.store.expect(expected)
-        for _ in range(self.config.concurrency):
+        for _ in range(builders):
             await queue.put(None)
 
     def _feed(self, spec: TaskSpec) -> ThreadFeed[Sample]:
         """The task's samples, streamed by a daemon thread a couple of samples ahead."""
         return ThreadFeed(lambda: iter_samples(spec, self.config.split, self.config.source, limit=self.config.limit))
 
-    async def _worker(self, queue: asyncio.Queue[Sample | None]) -> None:
+    async def _build(self, samples: asyncio.Queue[Sample | None],
+                     built: asyncio.Queue[tuple[Sample, ChatRequest] | None]) -> None:
+        """Requests built ahead of the senders: a slot that frees sends the next one at once."""
+        while (sample := await samples.get()) is not None:
+            if (request := await self._prepare(sample)) is not None:
+                await built.put((sample, request))
+        self._builders_left -= 1
+        if self._builders_left == 0:  # the last builder ends the senders
+            for _ in range(self.config.concurrency):
+                await built.put(None)
+
+    async def _send(self, built: asyncio.Queue[tuple[Sample, ChatRequest] | None]) -> None:
         first = True
         try:
-            while (sample := await queue.get()) is not None:
-                if (request := await self._prepare(sample)) is None:
-                    continue
+            while (item := await built.get()) is not None:
                 if first:
                     first = False
                     await self._gate.ready()
-                await self.dispatch(sample, request)
+                await self.dispatch(*item)
         finally:
             if first:
                 self._gate.leave()

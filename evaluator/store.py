@@ -357,8 +357,8 @@ class RunStore:
 
     async def record_grouped(self, reply: Reply) -> None:
         """As `record`, for the event loop: the replies that arrive in the same loop turn share one commit
-        (at 64+ in flight answers come back in bursts: a commit per reply cost ~0.2 ms each). Returns once
-        the reply is committed; a failed write raises StoreWriteError in every caller of that group."""
+        (at 64+ in flight answers come back in bursts). Returns once the reply is committed; a failed write
+        raises StoreWriteError in every caller of that group."""
         if reply.created_at is None:
             reply = reply.model_copy(update={"created_at": time.time()})
         with self._lock:

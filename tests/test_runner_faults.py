@@ -191,12 +191,13 @@ async def test_a_failed_write_stops_sending_loses_no_received_reply_and_says_so(
     assert "next run imports them" in line
     stored = stored_keys(out)
     rescued = [json.loads(x)["sample_key"] for x in (out / "unsaved-replies.jsonl").read_text().splitlines()]
-    assert len(stored) == 3 and len(rescued) >= 1 and not set(rescued) & set(stored)  # received = stored + rescued
+    # three commits made it (replies of one loop turn share a commit); received = stored + rescued
+    assert len(stored) >= 3 and len(rescued) >= 1 and not set(rescued) & set(stored)
     monkeypatch.setattr(RunStore, "fault_hook", None)
     with FaultServer() as server:  # the disk has room again: the rescued replies are imported, not re-sent
         again = await run(config(server, sample_data_dir, out))
         resent = len(server.bodies)  # (sample texts are not unique: two samples may ask the same question)
-    assert again.sent == 12 - 3 - len(rescued) and again.stored == 12 and len(stored_keys(out)) == 12
+    assert again.sent == 12 - len(stored) - len(rescued) and again.stored == 12 and len(stored_keys(out)) == 12
     assert not (out / "unsaved-replies.jsonl").exists() and resent == again.sent
 
 
