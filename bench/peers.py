@@ -22,7 +22,9 @@ round. For every pass:
   request path, so it cannot slow a client down);
 - wall time (launch to exit), start-up (launch to the first request's arrival), client CPU s (user+sys of the
   whole process tree), peak RSS of the process tree (sampled every 50 ms, at least the root's VmHWM);
-- every answer, compared with the first pass's: greedy decoding should give the same text in every pass.
+- every answer, compared with the first pass's: greedy decoding should give the same text in every pass;
+- at the server: the ramp (first arrival to the arrival that fills every slot) and the mean time a request
+  spent there (the same prompts on the same engine: a higher mean is a client that keeps it busy less well).
 
     /work/tools/server-slot .venv/bin/python bench/peers.py [--mera-eval PATH] [--rounds 8]
         [--passes mera-eval@64,lm-eval@64,lmms-eval@64] [--text 200] [--images 50] [--max-tokens 16]
@@ -112,6 +114,19 @@ def send_phase(events: list[dict], since: float, until: float) -> tuple[float, f
         return None
     first = min(e["t"] - e["duration_ms"] / 1000 for e in chosen)
     return first, max(e["t"] for e in chosen), len(chosen)
+
+
+def at_the_server(events: list[dict], since: float, until: float, concurrency: int) -> dict[str, float] | None:
+    """How the server saw one pass: `ramp_s`, from the first chat request's arrival to the arrival that
+    fills `concurrency` slots (how long the client took to load the server), and `latency_ms`, the mean
+    time a request spent at the server (same prompts and engine: a higher mean means the requests kept
+    the engine busy less well, e.g. arriving staggered after each burst of answers)."""
+    chosen = [e for e in events if e["route"].endswith("/chat/completions") and since <= e["t"] <= until]
+    if not chosen:
+        return None
+    arrivals = sorted(e["t"] - e["duration_ms"] / 1000 for e in chosen)
+    return {"ramp_s": round(arrivals[min(concurrency, len(arrivals)) - 1] - arrivals[0], 3),
+            "latency_ms": round(statistics.mean(e["duration_ms"] for e in chosen), 1)}
 
 
 def compare_answers(reference: dict[str, str | None], answers: dict[str, str | None]) -> dict:
@@ -558,7 +573,8 @@ def run_pass(p: Pass, args, server: Server, label: str, expected: int) -> tuple[
               "cpu_s": round(cpu, 2), "peak_rss_mb": round(peak_kb / 1024, 1), "answers": len(got),
               "requests_at_server": phase[2] if phase else 0}
     if phase:
-        result.update(startup_s=round(phase[0] - launched, 2), send_s=round(phase[1] - phase[0], 2))
+        result.update(startup_s=round(phase[0] - launched, 2), send_s=round(phase[1] - phase[0], 2),
+                      **(at_the_server(server.chat_events(), launched, ended + 5, p.concurrency) or {}))
     if proc.returncode != 0 or len(got) != expected:
         tail = (out / "client.log").read_text(errors="replace")[-3000:]
         result["error"] = f"exit {proc.returncode}, {len(got)}/{expected} answers; client log tail:\n{tail}"
@@ -567,8 +583,8 @@ def run_pass(p: Pass, args, server: Server, label: str, expected: int) -> tuple[
 
 # --- report -------------------------------------------------------------------------------------------------
 def table(results: list[dict], passes: list[Pass]) -> str:
-    cols = ["pass", "rounds", "wall s", "start-up s", "send phase s", "client CPU s", "peak RSS MB",
-            "answers identical to the first pass"]
+    cols = ["pass", "rounds", "wall s", "start-up s", "send phase s", "ramp s", "server latency ms", "client CPU s",
+            "peak RSS MB", "answers identical to the first pass"]
     lines = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
     for p in passes:
         rs = [r for r in results if r["pass"] == p.name and r["round"] != "warmup" and "error" not in r]
@@ -579,7 +595,8 @@ def table(results: list[dict], passes: list[Pass]) -> str:
                           f"(up to {max(c['whitespace_only'] for c in compared)} replies differ only in whitespace)")
         lines.append("| " + " | ".join([
             p.name, str(len(rs)), summarize([r["wall_s"] for r in rs]), summarize([r["startup_s"] for r in rs]),
-            summarize([r["send_s"] for r in rs]), summarize([r["cpu_s"] for r in rs]),
+            summarize([r["send_s"] for r in rs]), summarize([r.get("ramp_s", 0.0) for r in rs]),
+            summarize([r.get("latency_ms", 0.0) for r in rs]), summarize([r["cpu_s"] for r in rs]),
             summarize([r["peak_rss_mb"] for r in rs]), identical]) + " |")
     return "\n".join(lines)
 

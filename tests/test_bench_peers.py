@@ -56,6 +56,16 @@ def test_send_phase_is_first_arrival_to_last_response_of_the_chat_requests_in_th
     assert peers.send_phase(events, since=300, until=400) is None
 
 
+def test_at_the_server_gives_the_ramp_to_full_slots_and_the_mean_latency_of_the_passs_chat_requests():
+    # arrivals (t - duration): 100.0, 100.1, 100.5, 103.0; the second pass-earlier event is outside the window
+    events = [_event(50.0, 1000), _event(101.0, 1000), _event(101.1, 1000), _event(102.5, 2000),
+              _event(103.1, 100), _event(104.0, 5, "/metrics")]
+    seen = peers.at_the_server(events, since=100.2, until=200, concurrency=3)
+    assert seen == {"ramp_s": pytest.approx(0.5), "latency_ms": pytest.approx(1025.0)}
+    assert peers.at_the_server(events, since=100.2, until=200, concurrency=64)["ramp_s"] == pytest.approx(3.0)
+    assert peers.at_the_server(events, since=300, until=400, concurrency=3) is None
+
+
 def test_compare_answers_counts_real_and_whitespace_only_differences():
     reference = {"a": "5dwi", "b": "x\t", "c": "same", "d": "gone"}
     assert peers.compare_answers(reference, dict(reference))["identical"]
@@ -81,13 +91,14 @@ def test_table_leaves_out_warmup_and_failed_passes():
     results = [
         {"pass": p.name, "round": "warmup", "wall_s": 99.0, "startup_s": 90.0, "send_s": 9.0, "cpu_s": 9.0,
          "peak_rss_mb": 999.0, "compare": same},
-        *({"pass": p.name, "round": f"r{i}", "wall_s": w, "startup_s": 1.0, "send_s": 2.0, "cpu_s": 3.0,
-           "peak_rss_mb": 100.0, "compare": same} for i, w in enumerate([10.0, 12.0, 11.0])),
+        *({"pass": p.name, "round": f"r{i}", "wall_s": w, "startup_s": 1.0, "send_s": 2.0, "ramp_s": 0.1,
+           "latency_ms": 900.0, "cpu_s": 3.0, "peak_rss_mb": 100.0, "compare": same}
+          for i, w in enumerate([10.0, 12.0, 11.0])),
         {"pass": p.name, "round": "r9", "error": "exit 1", "wall_s": 1.0, "compare": same},
     ]
     row = peers.table(results, [p]).splitlines()[-1]
-    assert row == ("| lm-eval@64 | 3 | 11.00 (10.00-12.00) | 1.00 (1.00-1.00) | 2.00 (2.00-2.00) | 3.00 (3.00-3.00) "
-                   "| 100.00 (100.00-100.00) | 5/5 passes |")
+    assert row == ("| lm-eval@64 | 3 | 11.00 (10.00-12.00) | 1.00 (1.00-1.00) | 2.00 (2.00-2.00) | 0.10 (0.10-0.10) "
+                   "| 900.00 (900.00-900.00) | 3.00 (3.00-3.00) | 100.00 (100.00-100.00) | 5/5 passes |")
 
 
 def test_bench_images_survive_a_png_round_trip_byte_for_byte():
