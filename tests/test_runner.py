@@ -31,6 +31,17 @@ def config(server: FaultServer, data_dir, out, **kw) -> RunConfig:
                      source=DataSource(data_dir=data_dir), retry=FAST, **kw)
 
 
+def on_each_request(server: FaultServer, hook) -> None:
+    """Call `hook()` as each request reaches the fault server, before it is answered."""
+    original = server._behave
+
+    async def watch(behaviour, payload, writer):
+        hook()
+        return await original(behaviour, payload, writer)
+
+    server._behave = watch
+
+
 async def test_one_queue_keeps_every_slot_busy_across_tasks(sample_data_dir, tmp_path):
     """12 samples of 3 tasks, 8 slots: the server holds 8 at once, so tasks overlap (no per-task barrier)."""
     with FaultServer(default="slow:0.3") as server:
@@ -58,13 +69,7 @@ async def test_requests_are_built_in_worker_threads_a_bounded_number_ahead(sampl
     monkeypatch.setattr(runner_module, "build_request", spy)
     ahead: list[int] = []
     with FaultServer(default="slow:0.2") as server:
-        original = server._behave
-
-        async def watch(behaviour, payload, writer):
-            ahead.append(len(built) - server.chat_requests)  # built but not yet at the server
-            return await original(behaviour, payload, writer)
-
-        server._behave = watch
+        on_each_request(server, lambda: ahead.append(len(built) - server.chat_requests))  # built, not yet there
         await run(config(server, sample_data_dir, tmp_path / "run", concurrency=2))
     assert len(built) == 12 and not on_loop
     # built but not yet at the server: at most the slots' own, the ready ones (2: min(slots, BUILD_AHEAD))
@@ -87,13 +92,7 @@ async def test_the_first_requests_leave_together_once_every_slot_has_one_built(s
     monkeypatch.setattr(runner_module, "build_request", slow_third)
     arrivals: list[float] = []
     with FaultServer(default="slow:0.2") as server:
-        original = server._behave
-
-        async def watch(behaviour, payload, writer):
-            arrivals.append(time.monotonic())
-            return await original(behaviour, payload, writer)
-
-        server._behave = watch
+        on_each_request(server, lambda: arrivals.append(time.monotonic()))
         await run(config(server, sample_data_dir, tmp_path / "run", concurrency=8))
     first = sorted(arrivals)[:8]
     assert len(arrivals) == 12 and first[-1] - first[0] < 0.1  # one batch, not 2 + 6 a slow build apart
