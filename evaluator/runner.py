@@ -8,15 +8,16 @@ then opens and locks the store, resolves the datasets' revisions, and only then 
 One queue feeds every task, so the server always has `concurrency` requests in flight while the
 dataset is streamed (never loaded whole, by a daemon thread) and media are encoded off the event loop
 by a few builders, a bounded number of requests ahead of the senders (one per slot). The first
-requests leave together, once every sender has one (`StartGate`), so the server starts on a full batch. Each reply is persisted the moment it arrives (the
-replies of one event-loop turn share a commit). ruTiE's dialogues are handed to `evaluator.dialogue`
-(turns in order within a dialogue, dialogues in parallel).
+requests leave together, once every sender has one (`StartGate`), so the server starts on a full
+batch. Each reply is persisted the moment it arrives (the replies of one event-loop turn share a
+commit). ruTiE's dialogues are handed to `evaluator.dialogue` (turns in order within a dialogue,
+dialogues in parallel).
 
-Structured: workers, the producer and the dialogues are one `asyncio.TaskGroup`. A per-sample problem
-(a sample that cannot be built, a 4xx, retries exhausted, a reply that is not an answer) is recorded
-for that sample and the run goes on; anything else (a refused key, a dead endpoint, a full disk, a
-changed request on resume, a bug) cancels the group at once, keeps every reply already received, and
-surfaces as one `UserError` naming the cause. Ctrl-C becomes `RunInterrupted`, saying what is stored.
+Structured: the producer, the builders, the senders and the dialogues are one `asyncio.TaskGroup`. A
+per-sample problem (a sample that cannot be built, a 4xx, retries exhausted, a reply that is not an
+answer) is recorded for that sample and the run goes on; anything else (a refused key, a dead endpoint,
+a full disk, a changed request on resume, a bug) cancels the group at once, keeps every reply already
+received, and surfaces as one `UserError` naming the cause. Ctrl-C becomes `RunInterrupted`, saying what is stored.
 On resume the request each stored sample would get now is rebuilt and compared with the stored digest.
 """
 

@@ -373,7 +373,7 @@ class RunStore:
         try:
             with self._lock:
                 self._flush()
-        except StoreWriteError as exc:
+        except Exception as exc:  # a failed write (StoreWriteError) or a bug: every caller gets it, none hangs
             group.set_exception(exc)
             group.exception()  # retrieved here too: a group whose callers were all cancelled logs nothing
         else:

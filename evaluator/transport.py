@@ -8,13 +8,14 @@ a connection loops inside the pool. At 64 in flight against an instant loopback 
 chat client at ~140 requests/s and ~4 ms CPU each; aiohttp's pool (what `vllm bench serve` uses) does the
 same work at ~2000 requests/s and ~0.2 ms.
 
-`evaluator.http_policy.perform` still builds an `httpx.Request`, reads an `httpx.Response` as a stream and
-classifies `httpx` exceptions, so every policy rule (statuses, Retry-After, the streamed size cap, the named
-timeouts, readiness, fail-over) is untouched and tests can still inject an `httpx.MockTransport`. It sends
-through `HttpSession`, not `httpx.AsyncClient`: the client's request path (URL merging, a cookie jar read and
-written per request, auth and redirect flows, event hooks) was a quarter of the evaluator's CPU per short
-request at 64 in flight (py-spy, docs/benchmarks.md), and none of it is wanted here: the policy follows no
-redirect and keeps no cookie. This module maps aiohttp's behaviour onto httpx's:
+`evaluator.http_policy.perform` still builds an `httpx.Request`, reads an `httpx.Response` as a stream
+and classifies `httpx` exceptions, so every policy rule (statuses, Retry-After, the streamed size cap,
+the named timeouts, readiness, fail-over) is untouched and tests can still inject an
+`httpx.MockTransport`. It sends through `HttpSession`, not `httpx.AsyncClient`: the client's request
+path (URL merging, a cookie jar read and written per request, auth and redirect flows, event hooks) was
+about a sixth of the evaluator's time per short request at 64 in flight (py-spy, docs/benchmarks.md),
+and none of it is wanted here: the policy follows no redirect and keeps no cookie. This module maps
+aiohttp's behaviour onto httpx's:
 
 * timeouts from the request's httpx `Timeout`: connect (DNS + TCP + TLS), read (per read, so the first
   byte of a non-streamed completion, then each body chunk), write (per 256 KiB chunk of a large body;
@@ -257,7 +258,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
 
 # What httpx.AsyncClient sends by default (Connection is aiohttp's to set).
-DEFAULT_HEADERS = {"accept": "*/*", "accept-encoding": "gzip, deflate", "user-agent": f"python-httpx/{httpx.__version__}"}
+DEFAULT_HEADERS = {"accept": "*/*", "accept-encoding": "gzip, deflate",
+                   "user-agent": f"python-httpx/{httpx.__version__}"}
 _URL_CACHE = 256  # parsed URLs kept per session: a run asks a handful (each endpoint's routes)
 
 

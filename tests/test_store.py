@@ -327,6 +327,16 @@ async def test_a_failed_group_commit_raises_in_every_caller_and_keeps_the_replie
     assert store.unsaved == 0 and len(store.done_keys()) == 4
 
 
+async def test_a_bug_in_a_group_commit_reaches_every_caller_instead_of_leaving_them_waiting(store, monkeypatch):
+    def hook(op):
+        raise RuntimeError("a bug in writing")
+
+    monkeypatch.setattr(RunStore, "fault_hook", staticmethod(hook))
+    results = await asyncio.wait_for(
+        asyncio.gather(*(store.record_grouped(reply(i)) for i in (1, 2)), return_exceptions=True), 5)
+    assert [type(r) for r in results] == [RuntimeError, RuntimeError] and store.unsaved == 2
+
+
 async def test_a_cancelled_caller_does_not_cancel_the_commit_of_its_group(store):
     waiting = [asyncio.ensure_future(store.record_grouped(reply(i))) for i in (1, 2)]
     await asyncio.sleep(0)  # both joined the group; its commit is scheduled
