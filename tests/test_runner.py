@@ -79,23 +79,20 @@ async def test_requests_are_built_in_worker_threads_a_bounded_number_ahead(sampl
 
 async def test_the_first_requests_leave_together_once_every_slot_has_one_built(sample_data_dir, tmp_path,
                                                                              monkeypatch):
-    """A slow first build (the third sample's) holds the others' first requests: the server then gets 8
-    at once instead of a ramp. Afterwards nothing waits for anything but a free slot."""
-    calls = {"n": 0}
-
-    def slow_third(sample, options):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            time.sleep(0.3)
+    """Two builders, 0.15 s a build: the 8 slots' first requests are ready over 0.6 s. They reach the server
+    as one batch, not as a ramp of 2 every 0.15 s. Afterwards nothing waits for anything but a free slot."""
+    def slow(sample, options):
+        time.sleep(0.15)
         return build_request(sample, options)
 
-    monkeypatch.setattr(runner_module, "build_request", slow_third)
+    monkeypatch.setattr(runner_module, "build_request", slow)
+    monkeypatch.setattr(runner_module, "BUILDERS", 2)
     arrivals: list[float] = []
     with FaultServer(default="slow:0.2") as server:
         on_each_request(server, lambda: arrivals.append(time.monotonic()))
         await run(config(server, sample_data_dir, tmp_path / "run", concurrency=8))
     first = sorted(arrivals)[:8]
-    assert len(arrivals) == 12 and first[-1] - first[0] < 0.1  # one batch, not 2 + 6 a slow build apart
+    assert len(arrivals) == 12 and first[-1] - first[0] < 0.15  # one batch (a ramp spans 0.45 s)
 
 
 async def test_the_start_gate_opens_when_every_sender_is_ready_or_gone_or_after_its_longest_wait():
