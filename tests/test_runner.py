@@ -95,6 +95,22 @@ async def test_the_first_requests_leave_together_once_every_slot_has_one_built(s
     assert len(arrivals) == 12 and first[-1] - first[0] < 0.15  # one batch (a ramp spans 0.45 s)
 
 
+async def test_the_next_request_is_built_while_the_slot_is_busy(sample_data_dir, tmp_path, monkeypatch):
+    """One slot, 0.3 s at the server, 0.2 s a build: the next request is ready when the reply comes back,
+    so requests arrive ~0.3 s apart, not 0.5 s (a build after each reply)."""
+    def slow(sample, options):
+        time.sleep(0.2)
+        return build_request(sample, options)
+
+    monkeypatch.setattr(runner_module, "build_request", slow)
+    arrivals: list[float] = []
+    with FaultServer(default="slow:0.3") as server:
+        on_each_request(server, lambda: arrivals.append(time.monotonic()))
+        await run(config(server, sample_data_dir, tmp_path / "run", concurrency=1, tasks=["ruCLEVR"]))
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert len(arrivals) == 4 and max(gaps) < 0.45, gaps
+
+
 async def test_the_start_gate_opens_when_every_sender_is_ready_or_gone_or_after_its_longest_wait():
     gate = StartGate(3, max_wait_s=10)
     waiting = [asyncio.ensure_future(gate.ready()) for _ in range(2)]
