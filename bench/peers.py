@@ -323,28 +323,28 @@ def doc_to_text(doc, *args, **kwargs):
 '''
 
 
+def _write_task(folder: Path, code: str, yaml: str) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / "peer_task.py").write_text(code, encoding="utf-8")
+    (folder / f"{PEER_TASK}.yaml").write_text(yaml, encoding="utf-8")
+
+
 def write_peer_tasks(work: Path) -> None:
     docs = str(work / "docs.jsonl")
     metric = "metric_list:\n  - metric: answered\n    aggregation: mean\n    higher_is_better: true\n"
-    lm = work / "lm-eval-task"
-    lm.mkdir(exist_ok=True)
-    (lm / "peer_task.py").write_text(LM_EVAL_TASK, encoding="utf-8")
-    (lm / f"{PEER_TASK}.yaml").write_text(
+    _write_task(work / "lm-eval-task", LM_EVAL_TASK,
         f"task: {PEER_TASK}\nclass: !function peer_task.MeraPeerTask\ndataset_path: json\n"
         f"dataset_kwargs:\n  data_files:\n    test: {docs}\ntest_split: test\noutput_type: generate_until\n"
         f"doc_to_text: key\ndoc_to_target: key\n"
         f"generation_kwargs:\n  until: []\n  max_gen_toks: {{max_tokens}}\n  do_sample: false\n  temperature: 0\n"
-        f"process_results: !function peer_task.process_results\n{metric}", encoding="utf-8")
-    lmms = work / "lmms-eval-task"
-    lmms.mkdir(exist_ok=True)
-    (lmms / "peer_task.py").write_text(LMMS_EVAL_TASK, encoding="utf-8")
-    (lmms / f"{PEER_TASK}.yaml").write_text(
+        f"process_results: !function peer_task.process_results\n{metric}")
+    _write_task(work / "lmms-eval-task", LMMS_EVAL_TASK,
         f"task: {PEER_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {docs}\n"
         f"test_split: test\noutput_type: generate_until\n"
         f"doc_to_visual: !function peer_task.doc_to_visual\ndoc_to_text: !function peer_task.doc_to_text\n"
         f"doc_to_messages: !function peer_task.doc_to_messages\ndoc_to_target: key\n"
         f"generation_kwargs:\n  max_new_tokens: {{max_tokens}}\n  temperature: 0\n  do_sample: false\n"
-        f"  seed: {SEED}\nprocess_results: !function peer_task.process_results\n{metric}", encoding="utf-8")
+        f"  seed: {SEED}\nprocess_results: !function peer_task.process_results\n{metric}")
 
 
 def set_max_tokens(work: Path, max_tokens: int) -> None:
